@@ -1,0 +1,467 @@
+"""Typed configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+Every section is a dataclass; `load_config` checks every key and value against the field types
+and each section's `validate()` rules, and errors name the offending key and the file. The
+resolved config (`to_dict`) is written next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from conta.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class PairSpec:
+    """Two classes that co-occur with probability `p` and touch or overlap (rider on horse)."""
+
+    classes: list[str] = field(default_factory=list)
+    p: float = 0.9
+
+    def validate(self, key: str) -> None:
+        _check(len(self.classes) == 2, f"{key}.classes", "must name exactly two classes")
+        _check(0.0 <= self.p <= 1.0, f"{key}.p", "must be in [0, 1]")
+
+
+@dataclass
+class ContextSpec:
+    """A class that appears on a matching background (boat on water) with probability `p`."""
+
+    cls: str = ""
+    background: str = ""
+    p: float = 0.9
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.cls), f"{key}.cls", "must name a class")
+        _check(bool(self.background), f"{key}.background", "must name a background")
+        _check(0.0 <= self.p <= 1.0, f"{key}.p", "must be in [0, 1]")
+
+
+@dataclass
+class SynthConfig:
+    """The embedded synthetic dataset with controlled confounding (see docs/synthetic.md)."""
+
+    seed: int = 0
+    image_size: int = 128
+    n_train: int = 600
+    n_val: int = 150
+    n_val_deconfounded: int = 150
+    classes: list[str] = field(
+        default_factory=lambda: ["horse", "person", "boat", "car", "bird", "dog"]
+    )
+    backgrounds: list[str] = field(default_factory=lambda: ["plain", "water", "grass", "sky"])
+    pairs: list[PairSpec] = field(
+        default_factory=lambda: [PairSpec(classes=["horse", "person"], p=0.9)]
+    )
+    contexts: list[ContextSpec] = field(
+        default_factory=lambda: [
+            ContextSpec(cls="boat", background="water", p=0.9),
+            ContextSpec(cls="bird", background="sky", p=0.9),
+        ]
+    )
+    min_objects: int = 1
+    max_objects: int = 2
+    object_size: list[float] = field(default_factory=lambda: [0.3, 0.55])
+    part_fraction: float = 0.15
+    shared_body: bool = True
+    ignore_border: int = 1
+    jpeg_quality: int = 95
+
+    def validate(self, key: str) -> None:
+        _check(self.image_size >= 32, f"{key}.image_size", "must be at least 32")
+        _check(self.n_train > 0, f"{key}.n_train", "must be positive")
+        _check(self.n_val >= 0 and self.n_val_deconfounded >= 0, f"{key}.n_val", "must be >= 0")
+        _check(len(set(self.classes)) == len(self.classes) > 0, f"{key}.classes", "must be unique and non-empty")
+        _check(len(set(self.backgrounds)) == len(self.backgrounds) > 0, f"{key}.backgrounds", "must be unique and non-empty")
+        for i, pair in enumerate(self.pairs):
+            for name in pair.classes:
+                _check(name in self.classes, f"{key}.pairs[{i}].classes", f"unknown class {name!r}")
+        for i, ctx in enumerate(self.contexts):
+            _check(ctx.cls in self.classes, f"{key}.contexts[{i}].cls", f"unknown class {ctx.cls!r}")
+            _check(ctx.background in self.backgrounds, f"{key}.contexts[{i}].background", f"unknown background {ctx.background!r}")
+        _check(1 <= self.min_objects <= self.max_objects, f"{key}.min_objects", "need 1 <= min_objects <= max_objects")
+        _check(len(self.object_size) == 2 and 0 < self.object_size[0] <= self.object_size[1] <= 1, f"{key}.object_size", "must be [min, max] fractions of the image side")
+        _check(0 < self.part_fraction < 1, f"{key}.part_fraction", "must be in (0, 1)")
+        _check(self.ignore_border >= 0, f"{key}.ignore_border", "must be >= 0")
+        _check(1 <= self.jpeg_quality <= 100, f"{key}.jpeg_quality", "must be in [1, 100]")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synthetic", "voc12", "coco14", "folder"] = "synthetic"
+    root: str = "data/synthetic"
+    train_split: str = "train"          # classifier and IRN training
+    infer_split: str = "train"          # CAMs, seeds and pseudo-masks are made for these ids
+    eval_split: str = "train"           # CAMs / seeds / pseudo-masks are scored here (needs GT)
+    val_splits: list[str] = field(default_factory=lambda: ["val", "val_deconfounded"])
+    tags_file: str | None = None        # optional CSV/JSON of image-level tags
+    num_workers: int = 0
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.root), f"{key}.root", "must be a path")
+        _check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
+
+
+@dataclass
+class BackboneConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    width: int = 64                      # 64 is the standard ResNet; smaller for the CPU demo
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1])
+    dilations: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    pretrained: str | None = None        # torchvision checkpoint path, "hub", or null = random
+
+    def validate(self, key: str) -> None:
+        _check(self.width >= 4, f"{key}.width", "must be >= 4")
+        _check(len(self.strides) == 4 and all(s in (1, 2) for s in self.strides), f"{key}.strides", "must be four values in {1, 2}")
+        _check(len(self.dilations) == 4 and all(d >= 1 for d in self.dilations), f"{key}.dilations", "must be four values >= 1")
+
+
+@dataclass
+class CamConfig:
+    """Stage 1: the multi-label classifier and its CAMs (IRNet's train_cam/make_cam/eval_cam)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    batch_size: int = 16
+    epochs: int = 5
+    lr: float = 0.1
+    head_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.0                # the reference's effective value (spec 2.4): see docs
+    poly_power: float = 0.9
+    crop_size: int = 512
+    resize_long: list[int] = field(default_factory=lambda: [320, 640])
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    eval_threshold: float = 0.15
+    sweep: list[float] = field(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50])
+    save_high_res: bool = False
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "batch_size", "epochs", "lr", "crop_size")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        _check(len(self.resize_long) == 2 and 0 < self.resize_long[0] <= self.resize_long[1], f"{key}.resize_long", "must be [min, max] long-side lengths")
+        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), f"{key}.scales", "must be positive")
+        _check(0 < self.eval_threshold < 1, f"{key}.eval_threshold", "must be in (0, 1)")
+
+
+@dataclass
+class CrfConfig:
+    """Dense CRF parameters (pydensecrf conventions)."""
+
+    enabled: bool = True
+    iterations: int = 10
+    gt_prob: float = 0.7                 # only for label unaries
+    pos_xy_std: float = 3.0
+    pos_w: float = 3.0
+    bi_xy_std: float = 50.0
+    bi_rgb_std: float = 5.0
+    bi_w: float = 10.0
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "iterations", "pos_xy_std", "bi_xy_std", "bi_rgb_std")
+        _check(0 < self.gt_prob < 1, f"{key}.gt_prob", "must be in (0, 1)")
+
+
+@dataclass
+class IrLabelConfig:
+    """Stage 2: CAMs to seed labels (fg / bg / ignore)."""
+
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    crf: CrfConfig = field(default_factory=CrfConfig)
+    workers: int = 0                     # CPU processes; 0 = one per core
+
+    def validate(self, key: str) -> None:
+        _check(0 < self.bg_threshold < self.fg_threshold < 1, f"{key}.bg_threshold", "need 0 < bg_threshold < fg_threshold < 1")
+        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
+
+
+@dataclass
+class IrnConfig:
+    """Stage 3: the inter-pixel relation network (boundary + displacement)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    batch_size: int = 32
+    epochs: int = 3
+    lr: float = 0.1
+    displacement_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    poly_power: float = 0.9
+    crop_size: int = 512
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    radius: int = 10
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "batch_size", "epochs", "lr", "crop_size", "radius")
+        _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1], f"{key}.scale_range", "must be [min, max]")
+
+
+@dataclass
+class PseudoMaskConfig:
+    """Stage 4: random walk on the boundary affinities, then thresholding."""
+
+    radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    bg_threshold: float = 0.25
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "radius", "beta")
+        _check(self.exp_times >= 0, f"{key}.exp_times", "must be >= 0")
+        _check(0 < self.bg_threshold < 1, f"{key}.bg_threshold", "must be in (0, 1)")
+
+
+@dataclass
+class SegConfig:
+    """Stage 5: DeepLab v2 (ResNet-101, ASPP, multi-scale) trained on pseudo-masks."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    width: int = 64
+    pretrained: str | None = None        # ImageNet torchvision file, "hub", or a converted DeepLab checkpoint
+    normalization: Literal["imagenet", "caffe"] = "imagenet"
+    atrous_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    msc_scales: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    label_source: Literal["pseudo_mask", "gt"] = "pseudo_mask"
+    batch_size: int = 5
+    iter_size: int = 2
+    iterations: int = 20000
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    lr_decay_every: int = 10
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
+    crop_size: int = 321
+    test_size: int = 513                 # long side for the single-image demo
+    log_every: int = 100
+    image_log_every: int = 500
+    save_every: int = 5000
+    average_loss: int = 20
+    crf: CrfConfig = field(
+        default_factory=lambda: CrfConfig(pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0)
+    )
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "batch_size", "iter_size", "iterations", "lr", "lr_decay_every", "crop_size", "log_every", "save_every", "average_loss")
+        _check(len(self.atrous_rates) > 0 and all(r > 0 for r in self.atrous_rates), f"{key}.atrous_rates", "must be positive")
+        _check(all(0 < s < 1 for s in self.msc_scales), f"{key}.msc_scales", "extra input scales must be in (0, 1)")
+        _check(all(s > 0 for s in self.scales), f"{key}.scales", "must be positive")
+
+
+@dataclass
+class ContaConfig:
+    """The causal intervention and its rounds (see docs/conta.md for each choice)."""
+
+    rounds: int = 3                      # T: rounds 1..T follow the baseline round 0
+    mode: Literal["conta", "baseline", "mask"] = "conta"
+    confounder_size: list[int] = field(default_factory=lambda: [32, 32])
+    confounder_source: Literal["seg", "pseudo_mask"] = "seg"
+    prior: Literal["uniform", "frequency"] = "uniform"
+    include_background: bool = False
+    inject_at: Literal["image", "stage3", "head"] = "stage3"
+    mask_vector: Literal["foreground", "per_class"] = "foreground"
+    restart_classifier: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(self.rounds >= 0, f"{key}.rounds", "must be >= 0")
+        _check(len(self.confounder_size) == 2 and min(self.confounder_size) > 0, f"{key}.confounder_size", "must be [h, w] > 0")
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    amp: Literal["fp32", "bf16", "fp16"] = "fp32"
+    deterministic: bool = False
+
+    def validate(self, key: str) -> None:
+        _check(bool(self.name) and "/" not in self.name, f"{key}.name", "must be a plain folder name")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    ir_label: IrLabelConfig = field(default_factory=IrLabelConfig)
+    irn: IrnConfig = field(default_factory=IrnConfig)
+    pseudo_mask: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    conta: ContaConfig = field(default_factory=ContaConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        cfg = _build(Config, raw, "")
+        _validate_tree(cfg, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    """The config as plain YAML-able data (what `config.yaml` in a run directory holds)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` with dotted overrides applied and re-validated."""
+    raw = to_dict(cfg)
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        new = _build(Config, raw, "")
+        _validate_tree(new, "")
+    except ConfigError as exc:
+        raise ConfigError(f"<override>: {exc}") from None
+    return new
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.subkey=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: empty key component")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key or 'top level'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{key}.{name}" if key else name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _validate_tree(obj: Any, key: str) -> None:
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _validate_tree(item, f"{key}[{i}]")
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _validate_tree(getattr(obj, f.name), f"{key}.{f.name}" if key else f.name)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(key)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(section: Any, key: str, *names: str) -> None:
+    for name in names:
+        _check(getattr(section, name) > 0, f"{key}.{name}", "must be positive")

@@ -1,0 +1,1 @@
+"""Datasets (VOC layout, COCO, folders of tagged images, the synthetic default) and transforms."""

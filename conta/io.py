@@ -1,0 +1,119 @@
+"""Atomic, pickle-free reading and writing of run-directory artifacts.
+
+Every write goes to a temporary file in the destination folder and is renamed into place, so an
+interrupted stage never leaves a half-written file that a resumed stage would mistake for output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from conta.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+
+
+def save_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write arrays uncompressed-by-pickle (np.savez_compressed never pickles plain arrays)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(path, f"not a readable .npz archive ({exc})") from None
+
+
+def save_label_png(path: str | Path, label: np.ndarray, palette: list[int] | None = None) -> None:
+    """Save a uint8 label map as a palette PNG (index values kept; colours for people to look at)."""
+    if label.dtype != np.uint8:
+        if label.min() < 0 or label.max() > 255:
+            raise ValueError(f"label values out of uint8 range for {path}")
+        label = label.astype(np.uint8)
+    img = Image.fromarray(label, mode="P")
+    if palette is not None:
+        img.putpalette(palette)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_label_png(path: str | Path) -> np.ndarray:
+    """Read a label PNG as its raw index values (palette PNGs are not converted to RGB)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(path, f"label image has mode {img.mode}; expected a palette or grayscale PNG")
+            return np.asarray(img, dtype=np.uint8) if img.mode in ("P", "L") else np.asarray(img).astype(np.int64)
+    except FileNotFoundError:
+        raise DataError(path, "label file not found") from None
+    except OSError as exc:
+        raise DataError(path, f"unreadable label image ({exc})") from None
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as an H x W x 3 uint8 RGB array."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except OSError as exc:
+        raise DataError(path, f"unreadable image ({exc})") from None
+
+
+def save_rgb(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    fmt = "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format=fmt, quality=quality)
