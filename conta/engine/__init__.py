@@ -1,0 +1,1 @@
+"""Training machinery shared by the stages: devices, seeding, checkpoints, schedules, the loop."""

@@ -1,0 +1,50 @@
+"""Whole-state checkpoints (model, optimizer, step, RNG) written atomically, loaded without pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conta.errors import ContaError
+from conta.io import atomic_path
+
+
+def save_checkpoint(path: str | Path, **state: Any) -> None:
+    """Save tensors, state dicts and plain values; RNG state is added so a resume continues exactly."""
+    state.setdefault("torch_rng", torch.get_rng_state())
+    if torch.cuda.is_available():
+        state.setdefault("cuda_rng", torch.cuda.get_rng_state_all())
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ContaError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which, not a deep traceback
+        raise ContaError(f"{path}: not a readable conta checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"].cpu())
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load the `model` entry of a checkpoint strictly; returns the whole checkpoint."""
+    state = load_checkpoint(path)
+    if "model" not in state:
+        raise ContaError(f"{path}: no 'model' entry; is this a conta checkpoint?")
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ContaError(f"{path}: weights do not fit the configured model ({first[0].strip()})") from None
+    return state

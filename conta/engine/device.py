@@ -1,0 +1,29 @@
+"""Device selection and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from conta.errors import ConfigError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else the CPU; an explicit CUDA request without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {spec!r} requested but no CUDA device is available (use cpu or auto)")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

@@ -1,0 +1,1 @@
+"""Evaluation: confusion-matrix metrics and per-round reports."""

@@ -1,0 +1,38 @@
+"""Score folders of predicted label PNGs against a dataset's ground truth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from conta.data.voc import VOCLayoutDataset
+from conta.errors import DataError
+from conta.eval.metrics import ConfusionMatrix
+from conta.io import load_label_png
+
+
+def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
+                      predict: Callable[[str], np.ndarray]) -> dict:
+    """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask."""
+    cm = ConfusionMatrix(["background"] + dataset.class_names)
+    for image_id in ids:
+        gt = dataset.mask(image_id)
+        pred = predict(image_id)
+        if pred.shape != gt.shape:
+            raise DataError(dataset.mask_path(image_id), f"prediction size {pred.shape} differs from ground truth {gt.shape}")
+        cm.update(pred, gt)
+    return cm.scores()
+
+
+def evaluate_folder(pred_dir: str | Path, root: str | Path, split: str) -> dict:
+    """mIoU of `pred_dir/<id>.png` over a split; a missing prediction is an error, not a skip."""
+    pred_dir = Path(pred_dir)
+    dataset = VOCLayoutDataset(root, split)
+    if not dataset.has_masks:
+        raise DataError(dataset.mask_dir, f"no ground-truth masks for split {split}")
+    missing = [i for i in dataset.ids if not (pred_dir / f"{i}.png").is_file()]
+    if missing:
+        raise DataError(pred_dir, f"{len(missing)} of {len(dataset)} predictions missing (first: {missing[0]}.png)")
+    return score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"))

@@ -1,0 +1,97 @@
+"""Streaming confusion-matrix metrics with the VOC benchmark's definitions.
+
+Rows are ground truth, columns predictions. Pixels whose ground truth is the ignore value (255)
+are skipped. A prediction of 255 ("no label") counts as a miss for its ground-truth class. IoU of a
+class is TP / (TP + FP + FN); classes that appear in neither ground truth nor prediction have an
+undefined IoU and are left out of the mean, as in the VOC development kit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from conta.data.palette import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Accumulates an n x n pixel confusion matrix image by image."""
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = list(class_names)
+        self.n = len(self.class_names)
+        # one extra column for "no prediction" (255), which is a miss but not another class
+        self.counts = np.zeros((self.n, self.n + 1), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+        gt = gt.astype(np.int64).ravel()
+        pred = pred.astype(np.int64).ravel()
+        keep = gt != IGNORE_INDEX
+        gt, pred = gt[keep], pred[keep]
+        if gt.size and (gt.min() < 0 or gt.max() >= self.n):
+            raise ValueError(f"ground-truth value {int(gt.max())} outside 0..{self.n - 1}")
+        pred = np.where(pred == IGNORE_INDEX, self.n, pred)
+        if pred.size and (pred.min() < 0 or pred.max() > self.n):
+            raise ValueError(f"predicted value {int(pred.max())} outside 0..{self.n - 1}")
+        self.counts += np.bincount(gt * (self.n + 1) + pred, minlength=self.n * (self.n + 1)).reshape(
+            self.n, self.n + 1
+        )
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        self.counts += other.counts
+
+    def iou(self) -> np.ndarray:
+        tp = np.diag(self.counts[:, : self.n]).astype(np.float64)
+        gt_total = self.counts.sum(axis=1)
+        pred_total = self.counts[:, : self.n].sum(axis=0)
+        union = gt_total + pred_total - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+    def scores(self) -> dict:
+        """pixel_acc, mean_acc, miou, fwiou and per_class IoU (by name), as plain floats."""
+        tp = np.diag(self.counts[:, : self.n]).astype(np.float64)
+        gt_total = self.counts.sum(axis=1).astype(np.float64)
+        total = gt_total.sum()
+        iou = self.iou()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            acc = np.where(gt_total > 0, tp / np.maximum(gt_total, 1), np.nan)
+        freq = gt_total / total if total > 0 else np.zeros_like(gt_total)
+        present = gt_total > 0
+        return {
+            "miou": _nanmean(iou),
+            "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+            "mean_acc": _nanmean(acc),
+            "fwiou": float(np.nansum(freq[present] * iou[present])),
+            "per_class": {name: _float(v) for name, v in zip(self.class_names, iou)},
+        }
+
+
+def format_table(scores: dict, title: str = "") -> str:
+    """A plain-text table of per-class IoU followed by the summary numbers (percent)."""
+    width = max([len(k) for k in scores["per_class"]] + [10])
+    lines = [title] if title else []
+    for name, value in scores["per_class"].items():
+        lines.append(f"  {name:<{width}} {_pct(value)}")
+    lines.append(f"  {'mIoU':<{width}} {_pct(scores['miou'])}")
+    lines.append(
+        f"  pixel acc {_pct(scores['pixel_acc'])}  mean acc {_pct(scores['mean_acc'])}  "
+        f"fwIoU {_pct(scores['fwiou'])}"
+    )
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "   n/a" if value is None or np.isnan(value) else f"{100 * value:6.2f}"
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _float(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

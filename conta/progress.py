@@ -1,0 +1,17 @@
+"""Progress bars that stay quiet when output is not a terminal (CI logs, tests)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kwargs: Any) -> tqdm:
+    disable = os.environ.get("CONTA_PROGRESS", "") == "0" or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kwargs)

@@ -1,0 +1,90 @@
+"""Where each stage's artifacts live in a run directory (the contract between stages).
+
+    runs/<name>/config.yaml
+    runs/<name>/round_<t>/cam/{checkpoint.pt, model.pt, maps/<id>.npz}
+                         ir_label/<id>.png
+                         irn/{checkpoint.pt, model.pt}
+                         pseudo_mask/<id>.png
+                         seg/{checkpoint.pt, model.pt, pred/<split>/<id>.png, logits/<split>/<id>.npz}
+                         confounder.npz
+                         metrics.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conta.config import Config
+from conta.io import load_json, save_json
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    root: Path
+
+    @property
+    def cam(self) -> Path:
+        return self.root / "cam"
+
+    @property
+    def cam_maps(self) -> Path:
+        return self.cam / "maps"
+
+    @property
+    def ir_label(self) -> Path:
+        return self.root / "ir_label"
+
+    @property
+    def irn(self) -> Path:
+        return self.root / "irn"
+
+    @property
+    def pseudo_mask(self) -> Path:
+        return self.root / "pseudo_mask"
+
+    @property
+    def seg(self) -> Path:
+        return self.root / "seg"
+
+    def seg_pred(self, split: str) -> Path:
+        return self.seg / "pred" / split
+
+    def seg_logits(self, split: str) -> Path:
+        return self.seg / "logits" / split
+
+    @property
+    def confounder(self) -> Path:
+        return self.root / "confounder.npz"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+
+def round_paths(cfg: Config, t: int) -> RoundPaths:
+    return RoundPaths(cfg.run_dir / f"round_{t}")
+
+
+def update_metrics(path: Path, section: str, values: Any) -> None:
+    """Merge one stage's numbers into a round's metrics.json (read-modify-atomic-write)."""
+    data = load_json(path) if path.is_file() else {}
+    data[section] = values
+    save_json(path, data)
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    return load_json(path) if path.is_file() else {}
+
+
+def write_done_marker(folder: Path, info: dict[str, Any] | None = None) -> None:
+    """A stage that wrote every output marks its folder complete, so reruns skip it."""
+    save_json(folder / "DONE.json", info or {})
+
+
+def is_done(folder: Path) -> bool:
+    return (folder / "DONE.json").is_file()
+
+
+__all__ = ["RoundPaths", "round_paths", "update_metrics", "read_metrics", "write_done_marker", "is_done"]
