@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conta import __version__
-from conta.config import Config, dump_yaml, load_config
+from conta.config import Config, load_config
 from conta.errors import ContaError
-from conta.io import save_text
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
 
@@ -84,24 +83,20 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), overrides)
 
 
-def write_resolved_config(cfg: Config) -> Path:
-    path = cfg.run_dir / "config.yaml"
-    save_text(path, dump_yaml(cfg))
-    return path
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control", choices=["baseline", "mask"],
                    help="run a control instead of CONTA: the baseline repeated, or the previous mask fed in place of M")
+    p.add_argument("--with-controls", action="store_true",
+                   help="after the CONTA run, run both controls (sharing round 0) and compare them in the report")
 
 
 def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.rounds import run_pipeline
 
-    return run_pipeline(cfg, control=args.control)
+    return run_pipeline(cfg, control=args.control, with_controls=args.with_controls)
 
 
 def _synth_args(p: argparse.ArgumentParser) -> None:

@@ -25,19 +25,26 @@ from conta.errors import ConfigError
 
 @dataclass
 class PairSpec:
-    """Two classes that co-occur with probability `p` and touch or overlap (rider on horse)."""
+    """Two classes that co-occur and touch (rider on horse): the "object ambiguity" confounder.
+
+    Whenever `classes[0]` is drawn in a confounded split, a `classes[1]` partner is attached to it
+    with probability `p`, always in the same relative `placement` (so the CAM learns to spill there).
+    """
 
     classes: list[str] = field(default_factory=list)
     p: float = 0.9
+    placement: Literal["on_top", "beside"] = "on_top"
 
     def validate(self, key: str) -> None:
         _check(len(self.classes) == 2, f"{key}.classes", "must name exactly two classes")
+        _check(self.classes[0] != self.classes[1], f"{key}.classes", "must name two different classes")
         _check(0.0 <= self.p <= 1.0, f"{key}.p", "must be in [0, 1]")
 
 
 @dataclass
 class ContextSpec:
-    """A class that appears on a matching background (boat on water) with probability `p`."""
+    """A class shown on its usual background (boat on water) with probability `p`: the
+    "incomplete background" confounder."""
 
     cls: str = ""
     background: str = ""
@@ -53,6 +60,11 @@ class ContextSpec:
 class SynthConfig:
     """The embedded synthetic dataset with controlled confounding (see docs/synthetic.md)."""
 
+    # Background styles the generator can draw (conta.data.synthetic keeps one renderer per name).
+    BACKGROUND_STYLES: typing.ClassVar[tuple[str, ...]] = ("plain", "water", "grass", "sky", "road")
+    # Distinct part markers: 5 shapes x 3 patterns x 7 colours (coprime, so index i -> unique triple).
+    MAX_CLASSES: typing.ClassVar[int] = 105
+
     seed: int = 0
     image_size: int = 128
     n_train: int = 600
@@ -62,6 +74,7 @@ class SynthConfig:
         default_factory=lambda: ["horse", "person", "boat", "car", "bird", "dog"]
     )
     backgrounds: list[str] = field(default_factory=lambda: ["plain", "water", "grass", "sky"])
+    background_weights: list[float] = field(default_factory=list)  # free-draw weights; [] = uniform
     pairs: list[PairSpec] = field(
         default_factory=lambda: [PairSpec(classes=["horse", "person"], p=0.9)]
     )
@@ -80,20 +93,36 @@ class SynthConfig:
     jpeg_quality: int = 95
 
     def validate(self, key: str) -> None:
+        _check(self.seed >= 0, f"{key}.seed", "must be >= 0")
         _check(self.image_size >= 32, f"{key}.image_size", "must be at least 32")
         _check(self.n_train > 0, f"{key}.n_train", "must be positive")
-        _check(self.n_val >= 0 and self.n_val_deconfounded >= 0, f"{key}.n_val", "must be >= 0")
+        _check(self.n_val >= 0, f"{key}.n_val", "must be >= 0")
+        _check(self.n_val_deconfounded >= 0, f"{key}.n_val_deconfounded", "must be >= 0")
         _check(len(set(self.classes)) == len(self.classes) > 0, f"{key}.classes", "must be unique and non-empty")
+        _check(len(self.classes) <= self.MAX_CLASSES, f"{key}.classes", f"at most {self.MAX_CLASSES} (distinct part markers)")
         _check(len(set(self.backgrounds)) == len(self.backgrounds) > 0, f"{key}.backgrounds", "must be unique and non-empty")
+        for i, name in enumerate(self.backgrounds):
+            _check(name in self.BACKGROUND_STYLES, f"{key}.backgrounds[{i}]", f"unknown background {name!r} (known: {', '.join(self.BACKGROUND_STYLES)})")
+        if self.background_weights:
+            _check(len(self.background_weights) == len(self.backgrounds), f"{key}.background_weights", "needs one weight per background (or [] for uniform)")
+            _check(min(self.background_weights) >= 0 and sum(self.background_weights) > 0, f"{key}.background_weights", "must be >= 0 with a positive sum")
+        attached: set[tuple[str, str]] = set()
         for i, pair in enumerate(self.pairs):
             for name in pair.classes:
                 _check(name in self.classes, f"{key}.pairs[{i}].classes", f"unknown class {name!r}")
+            slot = (pair.classes[0], pair.placement)
+            _check(slot not in attached, f"{key}.pairs[{i}].placement", f"{pair.classes[0]!r} already has a partner placed {pair.placement!r}")
+            attached.add(slot)
+        seen: set[str] = set()
         for i, ctx in enumerate(self.contexts):
             _check(ctx.cls in self.classes, f"{key}.contexts[{i}].cls", f"unknown class {ctx.cls!r}")
             _check(ctx.background in self.backgrounds, f"{key}.contexts[{i}].background", f"unknown background {ctx.background!r}")
+            _check(ctx.cls not in seen, f"{key}.contexts[{i}].cls", f"{ctx.cls!r} already has a context")
+            seen.add(ctx.cls)
         _check(1 <= self.min_objects <= self.max_objects, f"{key}.min_objects", "need 1 <= min_objects <= max_objects")
+        _check(self.max_objects <= len(self.classes), f"{key}.max_objects", "must be <= the number of classes (primary objects have distinct classes)")
         _check(len(self.object_size) == 2 and 0 < self.object_size[0] <= self.object_size[1] <= 1, f"{key}.object_size", "must be [min, max] fractions of the image side")
-        _check(0 < self.part_fraction < 1, f"{key}.part_fraction", "must be in (0, 1)")
+        _check(0 < self.part_fraction <= 0.5, f"{key}.part_fraction", "must be in (0, 0.5]: the part is the smaller piece")
         _check(self.ignore_border >= 0, f"{key}.ignore_border", "must be >= 0")
         _check(1 <= self.jpeg_quality <= 100, f"{key}.jpeg_quality", "must be in [1, 100]")
 
@@ -277,6 +306,7 @@ class ContaConfig:
     inject_at: Literal["image", "stage3", "head"] = "stage3"
     mask_vector: Literal["foreground", "per_class"] = "foreground"
     restart_classifier: bool = True
+    vary_seed: bool = True               # round t trains with seed run.seed + t
 
     def validate(self, key: str) -> None:
         _check(self.rounds >= 0, f"{key}.rounds", "must be >= 0")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conta.config import Config
-from conta.io import load_json, save_json
+from conta.config import Config, dump_yaml
+from conta.io import load_json, save_json, save_text
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,13 @@ class RoundPaths:
         return self.root / "metrics.json"
 
 
+def write_run_config(cfg: Config) -> Path:
+    """The resolved config (what actually ran) beside the run's outputs."""
+    path = cfg.run_dir / "config.yaml"
+    save_text(path, dump_yaml(cfg))
+    return path
+
+
 def round_paths(cfg: Config, t: int) -> RoundPaths:
     return RoundPaths(cfg.run_dir / f"round_{t}")
 
@@ -87,4 +94,4 @@ def is_done(folder: Path) -> bool:
     return (folder / "DONE.json").is_file()
 
 
-__all__ = ["RoundPaths", "round_paths", "update_metrics", "read_metrics", "write_done_marker", "is_done"]
+__all__ = ["RoundPaths", "round_paths", "write_run_config", "update_metrics", "read_metrics", "write_done_marker", "is_done"]

@@ -1,0 +1,99 @@
+"""The CONTA round driver (the paper's algorithm) and its two controls.
+
+Round 0 is the plain IRNet baseline: classifier, CAMs, seeds, IRN, pseudo-masks, DeepLab, and the
+DeepLab's predictions on the training images. Round t >= 1 builds the confounder set from round
+t-1's predictions, retrains the classifier with the intervention (mode "conta"), with the
+previous mask itself in place of M (control "mask") or without anything (control "baseline"),
+and reruns the later stages. Every stage skips work it finds complete, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+import torch
+
+from conta.config import Config, replace
+from conta.data.build import ensure_dataset
+from conta.models.intervention import ConfounderAttention
+from conta.stages.confounder import ConfounderSet, build_confounder_set
+from conta.stages.paths import round_paths, write_run_config
+
+CONTROL_MODES = {None: "conta", "baseline": "baseline", "mask": "mask"}
+
+
+def control_config(cfg: Config, control: str | None) -> Config:
+    """The config of the main run (control None) or of a control run, in its own run directory."""
+    if control is None:
+        return cfg
+    return replace(cfg, [f"conta.mode={CONTROL_MODES[control]}", f"run.name={cfg.run.name}-{control}"])
+
+
+def round_config(cfg: Config, t: int) -> Config:
+    """Round t trains with seed run.seed + t when conta.vary_seed (each round is a new training run)."""
+    if not cfg.conta.vary_seed or t == 0:
+        return cfg
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + t))
+
+
+def context_for_round(cfg: Config, t: int) -> tuple[Callable | None, torch.nn.Module | None]:
+    """(provider of X_m per image, module turning X_m into M) for round t's classifier."""
+    if t == 0 or cfg.conta.mode == "baseline":
+        return None, None
+    confounders = ConfounderSet(round_paths(cfg, t - 1).confounder)
+    if cfg.conta.mode == "mask":
+        return confounders.mask_input, None
+    module = ConfounderAttention(torch.from_numpy(confounders.confounders), torch.from_numpy(confounders.prior))
+    return confounders.mask_input, module
+
+
+def run_round(cfg: Config, t: int, log: Callable[[str], None] = print) -> None:
+    from conta.stages import cam, seg
+    from conta.stages.pseudo_mask import run_pseudo_mask_stages
+
+    rcfg = round_config(cfg, t)
+    log(f"== {cfg.run.name}: round {t} ({'baseline' if t == 0 else cfg.conta.mode}) ==")
+    provider, module = context_for_round(rcfg, t)
+    cam.train(rcfg, t, context_provider=provider, context_module=module)
+    cam.infer(rcfg, t, context_provider=provider, context_module=module)
+    cam.evaluate(rcfg, t)
+    run_pseudo_mask_stages(rcfg, t)
+    seg.train(rcfg, t)
+    for split in cfg.data.val_splits:
+        seg.test(rcfg, t, split)
+    if t < cfg.conta.rounds:
+        seg.test(rcfg, t, cfg.data.infer_split)
+        build_confounder_set(rcfg, t, log=log)
+
+
+def share_round_zero(source: Config, target: Config, log: Callable[[str], None] = print) -> None:
+    """Round 0 does not depend on the mode: a control run starts from a copy of the main run's."""
+    src, dst = round_paths(source, 0), round_paths(target, 0)
+    finished = src.confounder if target.conta.rounds > 0 else src.metrics
+    if dst.root.exists() or not finished.is_file():
+        return
+    shutil.copytree(src.root, dst.root)
+    log(f"{target.run.name}: round 0 copied from {src.root}")
+
+
+def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = False,
+                 log: Callable[[str], None] = print) -> int:
+    """Run every round of the main run (or of one control); optionally both controls after it."""
+    from conta.eval.report import write_report
+
+    ensure_dataset(cfg.data, log=log)
+    runs = [control_config(cfg, control)]
+    if with_controls and control is None:
+        runs += [control_config(cfg, "baseline"), control_config(cfg, "mask")]
+    for run_cfg in runs:
+        write_run_config(run_cfg)
+        if run_cfg is not runs[0]:
+            share_round_zero(runs[0], run_cfg, log=log)
+        for t in range(run_cfg.conta.rounds + 1):
+            run_round(run_cfg, t, log=log)
+    report = write_report(runs)
+    log(report.read_text())
+    log(f"report written to {report}")
+    return 0
