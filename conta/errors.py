@@ -20,3 +20,7 @@ class DataError(ContaError):
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
         self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        # rebuilt from both fields when it crosses a process-pool boundary (args holds one string)
+        return type(self), (self.path, self.problem)
