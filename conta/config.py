@@ -8,6 +8,7 @@ resolved config (`to_dict`) is written next to every run's outputs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -409,7 +410,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     node = raw
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty `section:` in the YAML file
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")
         node = child
@@ -426,9 +429,17 @@ def _build(cls: type, raw: Any, key: str) -> Any:
         where = f"{key}." if key else ""
         raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in raw.items():
+        factory = fields[name].default_factory
+        if dataclasses.is_dataclass(hints[name]) and factory is not dataclasses.MISSING and isinstance(value, (dict, type(None))):
+            # a partial section starts from the field's own default (seg.crf has other values than CrfConfig())
+            value = {**to_dict(factory()), **(value or {})}
         kwargs[name] = _coerce(hints[name], value, f"{key}.{name}" if key else name)
     return cls(**kwargs)
+
+
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -463,6 +474,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
