@@ -31,11 +31,14 @@ class ConfusionMatrix:
         pred = pred.astype(np.int64).ravel()
         keep = gt != IGNORE_INDEX
         gt, pred = gt[keep], pred[keep]
-        if gt.size and (gt.min() < 0 or gt.max() >= self.n):
-            raise ValueError(f"ground-truth value {int(gt.max())} outside 0..{self.n - 1}")
+        bad = gt[(gt < 0) | (gt >= self.n)]
+        if bad.size:
+            raise ValueError(f"ground-truth value {int(bad[0])} outside 0..{self.n - 1} (and {IGNORE_INDEX} = ignore)")
+        # check before mapping 255 to the "no prediction" column n, so a real value n is not a miss
+        bad = pred[((pred < 0) | (pred >= self.n)) & (pred != IGNORE_INDEX)]
+        if bad.size:
+            raise ValueError(f"predicted value {int(bad[0])} outside 0..{self.n - 1} (and {IGNORE_INDEX} = no label)")
         pred = np.where(pred == IGNORE_INDEX, self.n, pred)
-        if pred.size and (pred.min() < 0 or pred.max() > self.n):
-            raise ValueError(f"predicted value {int(pred.max())} outside 0..{self.n - 1}")
         self.counts += np.bincount(gt * (self.n + 1) + pred, minlength=self.n * (self.n + 1)).reshape(
             self.n, self.n + 1
         )
