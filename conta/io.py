@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from conta.data.palette import voc_palette
 from conta.errors import DataError
 
 
@@ -81,8 +82,8 @@ def save_label_png(path: str | Path, label: np.ndarray, palette: list[int] | Non
             raise ValueError(f"label values out of uint8 range for {path}")
         label = label.astype(np.uint8)
     img = Image.fromarray(label, mode="P")
-    if palette is not None:
-        img.putpalette(palette)
+    # always a full palette: without one, Pillow writes a 1-bit PNG and every label becomes 0 or 1
+    img.putpalette(palette if palette is not None else voc_palette())
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
