@@ -136,7 +136,7 @@ class VOCLayoutDataset:
             raise DataError(path, f"malformed XML ({exc})") from None
         vec = np.zeros(self.n_classes, np.float32)
         index = {name: k for k, name in enumerate(self.class_names)}
-        for node in tree.iter("name"):  # part names ("head", "hand") are not classes: skipped
+        for node in tree.getroot().iterfind("object/name"):  # not <part><name> ("head", "hand")
             k = index.get((node.text or "").strip())
             if k is not None:
                 vec[k] = 1.0
