@@ -14,15 +14,24 @@ from conta.io import load_label_png
 
 
 def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
-                      predict: Callable[[str], np.ndarray]) -> dict:
-    """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask."""
+                      predict: Callable[[str], np.ndarray],
+                      pred_path: Callable[[str], Path] | None = None) -> dict:
+    """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask.
+
+    A prediction of the wrong size or with a value outside the classes (255 = no label) is a
+    DataError naming `pred_path(id)` when given, else the ground-truth mask.
+    """
     cm = ConfusionMatrix(["background"] + dataset.class_names)
     for image_id in ids:
         gt = dataset.mask(image_id)
         pred = predict(image_id)
+        where = pred_path(image_id) if pred_path is not None else dataset.mask_path(image_id)
         if pred.shape != gt.shape:
-            raise DataError(dataset.mask_path(image_id), f"prediction size {pred.shape} differs from ground truth {gt.shape}")
-        cm.update(pred, gt)
+            raise DataError(where, f"prediction size {pred.shape} differs from ground truth {gt.shape}")
+        try:
+            cm.update(pred, gt)
+        except ValueError as exc:  # a bad predicted value: the user's file, not a traceback
+            raise DataError(where, f"prediction for {image_id}: {exc}") from None
     return cm.scores()
 
 
@@ -35,4 +44,5 @@ def evaluate_folder(pred_dir: str | Path, root: str | Path, split: str) -> dict:
     missing = [i for i in dataset.ids if not (pred_dir / f"{i}.png").is_file()]
     if missing:
         raise DataError(pred_dir, f"{len(missing)} of {len(dataset)} predictions missing (first: {missing[0]}.png)")
-    return score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"))
+    return score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"),
+                             pred_path=lambda i: pred_dir / f"{i}.png")
