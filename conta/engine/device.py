@@ -14,7 +14,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
     """`auto` picks CUDA when present, else the CPU; an explicit CUDA request without a GPU is an error."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # "gpu", "cuda:x": a config mistake, not a traceback
+        raise ConfigError(f"run.device: {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {spec!r} requested but no CUDA device is available (use cpu or auto)")
     return device
