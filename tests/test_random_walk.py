@@ -1,0 +1,95 @@
+"""The stencil random walk equals the reference's dense definition (spec 5), step count included."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conta.ops.random_walk import propagate
+
+
+def propagate_dense(cams: np.ndarray, boundary: np.ndarray, radius: int, beta: float, exp_times: int) -> np.ndarray:
+    """Spec 5 in float64: dense symmetric A (1 on the diagonal), A^beta, column-normalised T,
+    squared exp_times times, applied to the boundary-damped CAMs. Pairs are every two pixels
+    closer than `radius`; a pair's path is every lattice point of its bounding box within
+    distance 1 of the line through both."""
+    k, h, w = cams.shape
+    n = h * w
+    aff = np.eye(n)
+    for (y0, x0), (y1, x1) in itertools.combinations(itertools.product(range(h), range(w)), 2):
+        dy, dx = y1 - y0, x1 - x0
+        if dy * dy + dx * dx >= radius * radius:
+            continue
+        peak = max(
+            boundary[y, x]
+            for y in range(min(y0, y1), max(y0, y1) + 1)
+            for x in range(min(x0, x1), max(x0, x1) + 1)
+            if (dy * (x - x0) - dx * (y - y0)) ** 2 < dy * dy + dx * dx
+        )
+        aff[y0 * w + x0, y1 * w + x1] = aff[y1 * w + x1, y0 * w + x0] = 1.0 - peak
+    trans = aff**beta
+    trans /= trans.sum(axis=0, keepdims=True)
+    for _ in range(exp_times):
+        trans = trans @ trans
+    return ((cams * (1.0 - boundary)).reshape(k, n) @ trans).reshape(k, h, w)
+
+
+def _inputs(k: int, h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(k, h, w, generator=gen), torch.rand(h, w, generator=gen) ** 3
+
+
+@pytest.mark.parametrize("exp_times", [0, 1, 2, 3])
+@pytest.mark.parametrize("size", [(5, 6), (7, 9)])
+def test_matches_dense_few_steps(size: tuple[int, int], exp_times: int) -> None:
+    cams, boundary = _inputs(3, *size, seed=exp_times)
+    ours = propagate(cams, boundary, radius=5, beta=10.0, exp_times=exp_times)
+    ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), 5, 10.0, exp_times)
+    np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("radius,beta", [(5, 10.0), (3, 2.5)])
+def test_matches_dense_default_steps(radius: int, beta: float) -> None:
+    cams, boundary = _inputs(2, 12, 10, seed=7)
+    ours = propagate(cams, boundary, radius=radius, beta=beta)
+    ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), radius, beta, 8)
+    np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_in_float64_out_exact() -> None:
+    cams, boundary = _inputs(2, 6, 8, seed=3)
+    ours = propagate(cams.double(), boundary.double(), exp_times=4)
+    assert ours.dtype == torch.float64
+    ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), 5, 10.0, 4)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_shape_dtype_and_averaging_bounds() -> None:
+    cams, boundary = _inputs(4, 20, 30, seed=1)
+    out = propagate(cams, boundary, exp_times=5)
+    assert out.shape == cams.shape and out.dtype == torch.float32
+    damped = cams * (1 - boundary)
+    assert torch.all(out >= damped.amin(dim=(1, 2), keepdim=True) - 1e-6)   # each step averages
+    assert torch.all(out <= damped.amax(dim=(1, 2), keepdim=True) + 1e-6)
+
+
+def test_constant_scores_stay_constant_without_boundaries() -> None:
+    out = propagate(torch.full((2, 9, 11), 0.5), torch.zeros(9, 11), exp_times=6)
+    assert torch.allclose(out, torch.full_like(out, 0.5))
+
+
+def test_a_closed_wall_stops_the_walk() -> None:
+    cams = torch.zeros(1, 10, 16)
+    cams[0, :, :4] = 1.0
+    boundary = torch.zeros(10, 16)
+    boundary[:, 7] = 1.0
+    out = propagate(cams, boundary)
+    assert torch.all(out[0, :, 7:] == 0) and torch.all(out[0, :, :7] > 0)
+
+
+def test_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="cams"):
+        propagate(torch.zeros(2, 5, 6), torch.zeros(6, 5))
