@@ -1,0 +1,117 @@
+"""IRN network (spec 4.1, 4.7) and its losses (spec 4.4-4.5) on a narrow backbone and tiny cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conta.models.irn import IRN, affinity_labels, affinity_loss, displacement_loss, infer_boundary_displacement, irn_losses
+from conta.models.resnet import resnet
+from conta.ops.path_index import PathIndex
+
+
+@pytest.fixture()
+def model() -> IRN:
+    torch.manual_seed(0)
+    return IRN(resnet("resnet18", width=8))
+
+
+def test_forward_shapes_and_frozen_backbone(model: IRN) -> None:
+    model.train()
+    assert not model.backbone.training and model.boundary_head.training
+    boundary, displacement = model(torch.randn(2, 3, 64, 96))
+    assert boundary.shape == (2, 1, 16, 24) and displacement.shape == (2, 2, 16, 24)
+    index = PathIndex(5, (16, 24))
+    labels = torch.randint(0, 3, (2, 16, 24), generator=torch.Generator().manual_seed(1))
+    irn_losses((boundary, displacement), labels, index)["total"].backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.backbone.parameters())
+    heads = list(model.boundary_head.parameters()) + list(model.displacement_head.parameters())
+    assert all(p.grad is not None for p in heads)
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in heads}
+
+
+def test_displacement_mean_is_subtracted_in_eval_only(model: IRN) -> None:
+    x = torch.randn(1, 3, 32, 48)
+    model.train()
+    _, raw = model(x)
+    model.displacement_mean.copy_(torch.tensor([0.5, -2.0]))
+    _, still_raw = model(x)
+    model.eval()
+    _, shifted = model(x)
+    assert torch.allclose(raw, still_raw)
+    assert torch.allclose(shifted, raw - torch.tensor([0.5, -2.0]).view(1, 2, 1, 1), atol=1e-6)
+
+
+def test_inference_pads_to_16_flips_and_crops(model: IRN) -> None:
+    model.train()
+    image = torch.randn(3, 70, 45)
+    boundary, displacement = infer_boundary_displacement(model, image)
+    assert boundary.shape == (18, 12) and displacement.shape == (2, 18, 12)
+    assert torch.all((boundary >= 0) & (boundary <= 1))
+    assert model.training                                              # mode restored
+    symmetric = torch.cat([image[..., :32], image[..., :32].flip(-1)], dim=-1)  # 64 wide: no padding
+    boundary, _ = infer_boundary_displacement(model, symmetric)
+    assert torch.allclose(boundary, boundary.flip(-1), atol=1e-5)     # flip averaging is symmetric
+
+
+def test_pair_labels() -> None:
+    index = PathIndex(5, (8, 12))
+    labels = torch.zeros(1, 8, 12, dtype=torch.long)
+    bg, fg, neg = affinity_labels(labels, index)
+    assert bg.all() and not fg.any() and not neg.any()                 # all background: no negatives
+    labels[0, :, 6:] = 2
+    labels[0, 0, :] = 255
+    bg, fg, neg = affinity_labels(labels, index)
+    width = 12
+    src = index.src.expand_as(index.dst)
+    valid = (src >= width) & (index.dst >= width)                       # row 0 is ignored
+    left_src, left_dst = src % width < 6, index.dst % width < 6
+    assert torch.equal(bg[0], valid & left_src & left_dst)
+    assert torch.equal(fg[0], valid & ~left_src & ~left_dst)
+    assert torch.equal(neg[0], valid & (left_src != left_dst))
+    _, fg_capped, _ = affinity_labels(labels, index, n_classes=1)      # class 2 > n_classes: invalid
+    assert not fg_capped.any()
+
+
+def test_perfect_boundaries_give_near_zero_affinity_loss() -> None:
+    index = PathIndex(5, (10, 16))
+    labels = torch.zeros(1, 10, 16, dtype=torch.long)
+    labels[0, :, 9:] = 1
+    labels[0, :, 8] = 255                                               # the seed's ignore band
+    logits = torch.full((1, 1, 10, 16), -20.0)
+    logits[0, 0, :, 8] = 20.0                                           # the boundary sits on the band
+    losses = irn_losses((logits, torch.zeros(1, 2, 10, 16)), labels, index)
+    assert losses["affinity_pos"] < 1e-4 and losses["affinity_neg"] < 1e-4
+    assert losses["displacement_bg"] == 0.0 and losses["displacement_fg"] > 0.5   # no centroid yet
+
+
+def test_affinity_loss_values() -> None:
+    torch.manual_seed(0)
+    pos = torch.rand(1, 4, 6) > 0.5
+    aff = torch.where(pos, 1.0, 0.0)
+    loss_pos, loss_neg = affinity_loss(aff, pos, torch.zeros_like(pos), ~pos)
+    assert abs(loss_pos) < 1e-4 and abs(loss_neg) < 1e-4
+    loss_pos, loss_neg = affinity_loss(torch.full((1, 4, 6), 0.5), pos, pos, ~pos)
+    assert torch.allclose(loss_pos, torch.tensor(0.6931), atol=1e-3)
+    assert torch.allclose(loss_neg, torch.tensor(0.6931), atol=1e-3)
+
+
+def test_displacement_towards_one_centroid_costs_nothing() -> None:
+    index = PathIndex(5, (10, 14))
+    ys, xs = torch.meshgrid(torch.arange(10.0), torch.arange(14.0), indexing="ij")
+    displacement = torch.stack([4.5 - ys, 6.5 - xs])[None]              # every pixel points at (4.5, 6.5)
+    labels = torch.ones(1, 10, 14, dtype=torch.long)
+    bg, fg, _ = affinity_labels(labels, index)
+    loss_fg, loss_bg = displacement_loss(displacement, index, bg, fg)
+    assert loss_fg.abs() < 1e-6 and loss_bg == 0.0
+    loss_fg, _ = displacement_loss(torch.zeros_like(displacement), index, bg, fg)
+    expected = index.offsets.abs().sum(dim=1).float().mean() / 2        # mean |offset|_1 over the 2 coordinates
+    assert torch.allclose(loss_fg, expected, atol=1e-4)
+
+
+def test_all_same_labels_train_finite(model: IRN) -> None:
+    model.train()
+    outputs = model(torch.randn(1, 3, 48, 48))
+    losses = irn_losses(outputs, torch.full((1, 12, 12), 3), PathIndex(5, (12, 12)))
+    assert losses["affinity_neg"] == 0.0 and losses["displacement_bg"] == 0.0
+    assert all(torch.isfinite(v) for v in losses.values())
