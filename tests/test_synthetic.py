@@ -154,36 +154,52 @@ def test_interrupted_generation_resumes(tmp_path: Path, monkeypatch: pytest.Monk
 # -- the confounding controls, measured on generated data ----------------------------------------
 
 
-def confounding(tmp_path: Path, **kw) -> synthetic.SynthSummary:
-    cfg = SynthConfig(**{**dict(image_size=48, n_train=300, n_val=0, n_val_deconfounded=300), **kw})
-    return generate(cfg, tmp_path)
+def confounding(root: Path, **kw) -> synthetic.SynthSummary:
+    cfg = SynthConfig(**{**dict(image_size=48, n_train=300, n_val=0, n_val_deconfounded=0), **kw})
+    return generate(cfg, root)
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory: pytest.TempPathFactory) -> synthetic.SynthSummary:
+    """The default links (p = 0.9 everywhere), with a deconfounded split."""
+    return confounding(tmp_path_factory.mktemp("linked"), n_val_deconfounded=300)
+
+
+@pytest.fixture(scope="module")
+def unlinked(tmp_path_factory: pytest.TempPathFactory) -> synthetic.SynthSummary:
+    """The horse+person pair and the boat/water context switched off (p = 0)."""
+    return confounding(tmp_path_factory.mktemp("unlinked"), pairs=[PairSpec(["horse", "person"], 0.0)],
+                       contexts=[ContextSpec("boat", "water", 0.0)])
 
 
 @pytest.mark.parametrize("p", [0.9, 0.0])
-def test_pair_probability_sets_the_measured_co_occurrence(tmp_path: Path, p: float) -> None:
-    summary = confounding(tmp_path, pairs=[PairSpec(["horse", "person"], p)])
-    train, vdc = summary.splits["train"].pairs[0], summary.splits["val_deconfounded"].pairs[0]
-    base = train.independent
-    assert 0.05 < base < 0.25 and train.n_first > 50
-    assert train.partner_given_first == pytest.approx(1 - (1 - p) * (1 - base), abs=0.08)
-    assert vdc.partner_given_first == pytest.approx(base, abs=0.08)
+def test_pair_probability_sets_the_measured_co_occurrence(p: float, linked, unlinked) -> None:
+    summary = linked if p else unlinked
+    pair = summary.splits["train"].pairs[0]
+    assert pair.p == p and 0.05 < pair.independent < 0.25 and pair.n_first > 50
+    assert pair.partner_given_first == pytest.approx(1 - (1 - p) * (1 - pair.independent), abs=0.08)
 
 
-def test_context_probability_sets_the_measured_background_rate(tmp_path: Path) -> None:
-    strong = confounding(tmp_path / "strong")
-    off = confounding(tmp_path / "off", contexts=[ContextSpec("boat", "water", 0.0)])
-    boat = strong.splits["train"].contexts[0]
+def test_deconfounded_split_has_the_independent_rates(linked) -> None:
+    vdc = linked.splits["val_deconfounded"]
+    for pair in vdc.pairs:
+        assert pair.p == 0.0 and pair.partner_given_first == pytest.approx(pair.independent, abs=0.08)
+    for ctx in vdc.contexts:
+        assert ctx.p == 0.0 and ctx.background_given_class == pytest.approx(ctx.independent, abs=0.08)
+
+
+def test_context_probability_sets_the_measured_background_rate(linked, unlinked) -> None:
+    boat = linked.splits["train"].contexts[0]
     w = boat.independent
     assert w == pytest.approx(0.25)
     assert boat.background_given_class == pytest.approx(0.9 + 0.1 * w, abs=0.1)
     assert 0.1 < boat.background_given_other < 0.3  # water also appears without boats
-    assert off.splits["train"].contexts[0].background_given_class == pytest.approx(w, abs=0.08)
-    for ctx in strong.splits["val_deconfounded"].contexts:
-        assert ctx.p == 0.0 and ctx.background_given_class == pytest.approx(ctx.independent, abs=0.08)
+    assert unlinked.splits["train"].contexts[0].background_given_class == pytest.approx(w, abs=0.08)
 
 
 def test_background_weights_set_the_free_draw(tmp_path: Path) -> None:
-    summary = confounding(tmp_path, contexts=[], background_weights=[0.0, 0.0, 1.0, 0.0])
+    summary = confounding(tmp_path, n_train=40, n_val_deconfounded=40, contexts=[],
+                          background_weights=[0.0, 0.0, 1.0, 0.0])
     for st in summary.splits.values():
         assert st.background_images == {"plain": 0, "water": 0, "grass": st.images, "sky": 0}
 
