@@ -1,0 +1,232 @@
+"""Engine: poly LR schedule, pickle-free checkpoints and resume, device selection, seeding."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conta.engine.checkpoint import load_checkpoint, load_model_weights, restore_rng, save_checkpoint
+from conta.engine.device import resolve_device, seed_everything
+from conta.engine.schedule import PolySchedule, poly_factor
+from conta.errors import ConfigError, ContaError
+
+
+class NotATensor:
+    """An arbitrary object: loading it needs pickle, which weights_only=True refuses."""
+
+    def __init__(self) -> None:
+        self.payload = "rm -rf"
+
+
+def two_group_optimizer() -> torch.optim.SGD:
+    backbone, head = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    return torch.optim.SGD([{"params": [backbone]}, {"params": [head], "lr_mult": 10.0}], lr=123.0)
+
+
+def lrs(opt: torch.optim.Optimizer) -> list[float]:
+    return [g["lr"] for g in opt.param_groups]
+
+
+# -- PolySchedule ------------------------------------------------------------------------------
+
+
+def test_poly_factor() -> None:
+    assert poly_factor(0, 10, 0.9) == 1.0
+    assert poly_factor(5, 10, 1.0) == 0.5
+    assert poly_factor(5, 10, 2.0) == 0.25
+    assert poly_factor(10, 10, 0.9) == 0.0
+    assert poly_factor(12, 10, 0.9) == 0.0  # past the end: clamped, not a complex number
+
+
+def test_linear_decay_period_1_with_group_multipliers() -> None:
+    opt = two_group_optimizer()
+    sched = PolySchedule(opt, base_lr=0.1, max_step=100, power=1.0)
+    assert lrs(opt) == pytest.approx([0.1, 1.0])  # applied at construction, replacing the optimizer's lr
+    sched.apply(25)
+    assert lrs(opt) == pytest.approx([0.075, 0.75])
+    sched.apply(99)
+    assert lrs(opt) == pytest.approx([0.001, 0.01])
+    sched.apply(100)
+    assert lrs(opt) == [0.0, 0.0]
+    sched.apply(150)
+    assert lrs(opt) == [0.0, 0.0]
+
+
+def test_power_0_9() -> None:
+    sched = PolySchedule(two_group_optimizer(), base_lr=0.1, max_step=100, power=0.9)
+    assert sched.lr_at(50) == pytest.approx(0.1 * 0.535887, rel=1e-6)   # 0.5 ** 0.9
+    assert sched.lr_at(90) == pytest.approx(0.1 * 0.125893, rel=1e-5)   # 0.1 ** 0.9
+
+
+def test_period_10_holds_the_rate_between_updates() -> None:
+    # deeplab-pytorch refreshes the rate every 10 iterations
+    opt = two_group_optimizer()
+    sched = PolySchedule(opt, base_lr=0.1, max_step=100, power=1.0, period=10)
+    assert [sched.lr_at(s) for s in (0, 1, 9)] == [0.1, 0.1, 0.1]
+    assert [sched.lr_at(s) for s in (10, 15, 19)] == pytest.approx([0.09] * 3)
+    assert sched.lr_at(20) == pytest.approx(0.08)
+    assert sched.lr_at(99) == pytest.approx(0.01)
+    sched.apply(37)
+    assert lrs(opt) == pytest.approx([0.07, 0.7])
+
+
+def test_zero_max_step_does_not_divide_by_zero() -> None:
+    sched = PolySchedule(two_group_optimizer(), base_lr=0.1, max_step=0, power=0.9)
+    assert sched.lr_at(0) == 0.1 and sched.lr_at(1) == 0.0
+
+
+def test_the_optimizer_steps_with_the_scheduled_rate() -> None:
+    opt = two_group_optimizer()
+    sched = PolySchedule(opt, base_lr=0.1, max_step=100, power=1.0)
+    sched.apply(25)
+    for group in opt.param_groups:
+        group["params"][0].grad = torch.ones(2)
+    opt.step()
+    backbone, head = (g["params"][0].detach() for g in opt.param_groups)
+    assert torch.allclose(backbone, torch.full((2,), 1 - 0.075))
+    assert torch.allclose(head, torch.full((2,), 1 - 0.75))
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    x = torch.randn(4, 3)  # drawn from the global RNG, so resuming must restore it
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _model_and_opt() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Linear(3, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, opt = _model_and_opt()
+    _train_step(model, opt)
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, model=model.state_dict(), optimizer=opt.state_dict(), step=7, epoch=2,
+                    meta={"name": "cam", "scores": [0.5, 0.25], "done": False})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
+
+    state = load_checkpoint(path)
+    assert state["step"] == 7 and state["epoch"] == 2
+    assert state["meta"] == {"name": "cam", "scores": [0.5, 0.25], "done": False}
+    assert isinstance(state["torch_rng"], torch.Tensor)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value)
+    momentum = opt.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(state["optimizer"]["state"][0]["momentum_buffer"], momentum)
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, opt = _model_and_opt()
+    _train_step(model, opt)
+    save_checkpoint(tmp_path / "c.pt", model=model.state_dict(), optimizer=opt.state_dict(), step=1)
+    _train_step(model, opt)
+    _train_step(model, opt)  # the uninterrupted run: two more steps
+
+    torch.manual_seed(123)  # a fresh process: different RNG, freshly built model
+    resumed, resumed_opt = _model_and_opt()
+    state = load_model_weights(resumed, tmp_path / "c.pt")
+    resumed_opt.load_state_dict(state["optimizer"])
+    restore_rng(state)
+    _train_step(resumed, resumed_opt)
+    _train_step(resumed, resumed_opt)
+    for key, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_restore_rng_replays_the_random_stream(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path / "c.pt", step=0)
+    expected = torch.rand(4)
+    torch.rand(10)
+    restore_rng(load_checkpoint(tmp_path / "c.pt"))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_checkpoint_needing_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "extra": NotATensor()}, path)
+    with pytest.raises(ContaError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_corrupt_checkpoint(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model=nn.Linear(3, 2).state_dict(), step=3)
+    data = path.read_bytes()
+    path.write_bytes({"garbage": b"\x00not a checkpoint" * 50, "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    with pytest.raises(ContaError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "not a readable" in str(info.value)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ContaError, match="checkpoint not found") as info:
+        load_checkpoint(tmp_path / "none.pt")
+    assert str(tmp_path / "none.pt") in str(info.value)
+
+
+def test_model_weights_must_fit(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    save_checkpoint(path, model=nn.Linear(3, 2).state_dict())
+    with pytest.raises(ContaError) as info:
+        load_model_weights(nn.Linear(3, 5), path)  # wrong shape
+    assert str(path) in str(info.value) and "do not fit" in str(info.value)
+    with pytest.raises(ContaError):
+        load_model_weights(nn.Sequential(nn.Linear(3, 2)), path)  # wrong key names ("0.weight")
+    save_checkpoint(tmp_path / "no_model.pt", step=1)
+    with pytest.raises(ContaError, match="no 'model' entry"):
+        load_model_weights(nn.Linear(3, 2), tmp_path / "no_model.pt")
+
+
+# -- device and seeding ------------------------------------------------------------------------
+
+
+def test_resolve_device_cpu() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.usefixtures("no_cuda")
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    for spec in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError) as info:
+            resolve_device(spec)
+        assert "run.device" in str(info.value) and spec in str(info.value)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", ""])
+def test_unknown_device_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="run.device"):
+        resolve_device(spec)
+
+
+def test_seed_everything_repeats_all_generators() -> None:
+    def draw() -> tuple[float, float, list[float]]:
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    seed_everything(11)
+    first = draw()
+    seed_everything(11)
+    assert draw() == first
+    seed_everything(12)
+    assert draw() != first
