@@ -53,7 +53,8 @@ def _infer(image: np.ndarray, unary: np.ndarray, cfg: CrfConfig) -> np.ndarray:
     crf = dcrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=cfg.pos_xy_std, compat=cfg.pos_w)
-    crf.addPairwiseBilateral(sxy=cfg.bi_xy_std, srgb=cfg.bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=cfg.bi_w)
+    # pydensecrf takes a writable buffer; images read through PIL (conta.io.load_rgb) are read-only
+    crf.addPairwiseBilateral(sxy=cfg.bi_xy_std, srgb=cfg.bi_rgb_std, rgbim=np.require(image, requirements=["C", "W"]), compat=cfg.bi_w)
     marginals = crf.inference(cfg.iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(n_labels, height, width)
 
