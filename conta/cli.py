@@ -7,12 +7,13 @@ an optional `--run-dir`, an optional `--round`, and trailing `section.key=value`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from conta import __version__
-from conta.config import Config, load_config
+from conta.config import Config, DataConfig, load_config
 from conta.errors import ContaError
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND")
     _stage(data_sub, "synth", "write the synthetic confounded dataset in VOC layout", _cmd_data_synth,
            extra=_synth_args)
+    _add_dataset_commands(data_sub)
+    weights = sub.add_parser("weights", help="pretrained weights: convert Caffe and deeplab-pytorch files")
+    _add_weights_commands(weights.add_subparsers(title="weights commands", metavar="COMMAND"))
 
     evaluation = sub.add_parser("eval", help="evaluate predictions against ground truth")
     eval_sub = evaluation.add_subparsers(title="eval commands", metavar="COMMAND")
@@ -127,6 +131,93 @@ def _cmd_eval_masks(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         save_json(args.json, scores)
         print(f"scores written to {args.json}")
+    return 0
+
+
+# -- datasets and weights (conta.stages.data_check, conta.data.voc12, conta.models.convert) ----
+
+
+def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
+    for name, help_text, handler in (
+        ("check", "report what a dataset root holds and what is missing (counts, first missing files)",
+         _cmd_data_check),
+        ("prepare", "make the derived files now: tag caches, the COCO index and semantic masks", _cmd_data_prepare),
+    ):
+        p = data_sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config whose data section to use")
+        p.add_argument("--dataset", choices=["synthetic", "voc12", "coco14", "folder"], help="overrides data.dataset")
+        p.add_argument("--root", type=Path, help="overrides data.root")
+        p.add_argument("--split", action="append", help="a split to cover (repeatable; default: the dataset's usual ones)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
+        p.set_defaults(handler=handler)
+    lists = data_sub.add_parser("voc-lists", help="write VOC2012 train_aug.txt from the SBD and VOC lists",
+                                description="train_aug = SBD train + SBD val + VOC train - VOC val (10,582 ids)")
+    lists.add_argument("--root", required=True, type=Path, help="VOCdevkit/VOC2012")
+    lists.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
+    lists.add_argument("--out", type=Path, help="output folder (default: <root>/ImageSets/SegmentationAug)")
+    lists.set_defaults(handler=_cmd_data_voc_lists, config=None, overrides=[])
+
+
+def _add_weights_commands(weights_sub: argparse._SubParsersAction) -> None:
+    p = weights_sub.add_parser("convert", help="convert Caffe or deeplab-pytorch weights into a conta checkpoint",
+                               description="map the names, check every tensor by a strict load, write atomically")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--caffemodel", type=Path, help="a DeepLab v2 ResNet .caffemodel, or an MSRA ImageNet ResNet")
+    source.add_argument("--deeplab-pytorch", type=Path, help="a .pth saved by kazuto1011/deeplab-pytorch")
+    p.add_argument("--out", required=True, type=Path, help="the converted .pth (use it as seg.pretrained)")
+    p.add_argument("--class-names", type=Path, help="one class name per line, background first or left out")
+    p.set_defaults(handler=_cmd_weights_convert, config=None, overrides=[])
+
+
+def _data_config(args: argparse.Namespace, cfg: Config) -> DataConfig:
+    data = cfg.data
+    if args.dataset:
+        data = dataclasses.replace(data, dataset=args.dataset)
+    if args.root:
+        data = dataclasses.replace(data, root=str(args.root))
+    return data
+
+
+def _cmd_data_check(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.data_check import check_dataset
+
+    report = check_dataset(_data_config(args, cfg), args.split)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _cmd_data_prepare(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.data_check import prepare_dataset
+
+    prepare_dataset(_data_config(args, cfg), args.split)
+    return 0
+
+
+def _cmd_data_voc_lists(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.data.voc12 import LIST_COUNTS, write_train_aug
+
+    path, n = write_train_aug(args.root, args.sbd, args.out)
+    print(f"wrote {n} ids to {path}")
+    if n != LIST_COUNTS["train_aug"]:
+        print(f"warning: the official train_aug has {LIST_COUNTS['train_aug']} ids; check the SBD and VOC lists")
+    return 0
+
+
+def _cmd_weights_convert(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.models.convert import convert_caffemodel, convert_deeplab_pytorch, save_conversion
+
+    names = None
+    if args.class_names:
+        try:
+            names = [n.strip() for n in args.class_names.read_text().splitlines() if n.strip()]
+        except FileNotFoundError:
+            raise ContaError(f"{args.class_names}: class names file not found") from None
+    if args.caffemodel:
+        conversion = convert_caffemodel(args.caffemodel, names)
+    else:
+        conversion = convert_deeplab_pytorch(args.deeplab_pytorch, names)
+    print(conversion.report())
+    print(f"written to {save_conversion(conversion, args.out)}")
     return 0
 
 

@@ -137,6 +137,8 @@ class DataConfig:
     eval_split: str = "train"           # CAMs / seeds / pseudo-masks are scored here (needs GT)
     val_splits: list[str] = field(default_factory=lambda: ["val", "val_deconfounded"])
     tags_file: str | None = None        # optional CSV/JSON of image-level tags
+    class_names: list[str] = field(default_factory=list)  # folder: foreground classes ([] = root/class_names.txt)
+    cache_dir: str | None = None        # derived files (tag cache, COCO masks); null = root/.conta_cache or ~/.cache/conta
     num_workers: int = 0
     synth: SynthConfig = field(default_factory=SynthConfig)
 

@@ -1,16 +1,20 @@
-"""Build the dataset a config names (generating the synthetic default on first use)."""
+"""Build the dataset a config names (generating the synthetic default, or COCO's masks, on first use)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from conta.config import DataConfig
+from conta.data.coco import Coco14Dataset, prepare_coco
+from conta.data.folder import FolderDataset
 from conta.data.voc import VOCLayoutDataset
+from conta.data.voc12 import VOC12Dataset
 from conta.errors import ConfigError
 
 
 def ensure_dataset(data: DataConfig, log=print) -> Path:
-    """Return the dataset root; for `synthetic`, generate it there if it is missing or stale."""
+    """Return the dataset root; for `synthetic`, generate it there if it is missing or stale; for
+    `coco14`, make the semantic masks of the configured splits that are not cached yet."""
     root = Path(data.root)
     if data.dataset == "synthetic":
         from conta.data.synthetic import generate
@@ -18,12 +22,20 @@ def ensure_dataset(data: DataConfig, log=print) -> Path:
         summary = generate(data.synth, root)
         if getattr(summary, "generated", True):
             log(f"synthetic dataset ready at {root}")
+    elif data.dataset == "coco14":
+        prepare_coco(data, log=log)
     return root
 
 
 def build_dataset(data: DataConfig, split: str) -> VOCLayoutDataset:
     """The reader for one split of the configured dataset."""
-    if data.dataset in ("synthetic", "voc12", "folder"):
-        tags = data.tags_file if data.tags_file else None
+    tags = data.tags_file if data.tags_file else None
+    if data.dataset == "synthetic":
         return VOCLayoutDataset(data.root, split, tags_file=tags)
-    raise ConfigError(f"data.dataset: {data.dataset!r} is not supported yet")
+    if data.dataset == "voc12":
+        return VOC12Dataset(data.root, split, tags_file=tags, cache_dir=data.cache_dir)
+    if data.dataset == "coco14":
+        return Coco14Dataset(data.root, split, cache_dir=data.cache_dir)
+    if data.dataset == "folder":
+        return FolderDataset(data.root, split, class_names=data.class_names, tags_file=tags)
+    raise ConfigError(f"data.dataset: {data.dataset!r} is not supported")

@@ -1,0 +1,1 @@
+"""Reading Caffe .caffemodel files without Caffe (needs the optional `protobuf`: conta[caffe])."""

@@ -1,0 +1,178 @@
+"""`conta data check` and `conta data prepare`: what a dataset root holds, what is missing, and the
+one-off derived files (tag caches, COCO masks) made before a long run rather than inside it.
+
+The check reads and counts; it never stops at the first problem, so one run lists everything a
+user has to fetch. For COCO it builds (and caches) the per-split index, which needs pycocotools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conta.config import DataConfig
+from conta.data.build import build_dataset, ensure_dataset
+from conta.data.coco import SPLITS as COCO_SPLITS
+from conta.data.coco import require_pycocotools
+from conta.data.voc import read_id_list
+from conta.data.voc12 import LIST_COUNTS, MASK_DIRS, list_candidates, missing_list_hint, resolve_voc_root
+from conta.errors import ContaError, DataError
+
+SHOWN = 3  # missing files named per folder
+
+
+@dataclass
+class CheckReport:
+    """Lines to print; `problems` are what stops the pipeline (missing required files)."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.lines.append(f"  MISSING {text}")
+
+    def text(self) -> str:
+        verdict = "OK: nothing required is missing" if self.ok else f"{len(self.problems)} problem(s): see MISSING above"
+        return "\n".join([*self.lines, verdict])
+
+
+def default_splits(data: DataConfig) -> list[str]:
+    """The splits a check covers when none are named: the dataset's usual ones."""
+    if data.dataset == "voc12":
+        return ["train", "train_aug", "val"]
+    if data.dataset == "coco14":
+        return list(COCO_SPLITS)
+    return list(dict.fromkeys([data.train_split, data.infer_split, data.eval_split, *data.val_splits]))
+
+
+def check_dataset(data: DataConfig, splits: list[str] | None = None) -> CheckReport:
+    splits = splits or default_splits(data)
+    report = CheckReport([f"dataset {data.dataset} at {Path(data.root).expanduser()}"])
+    if data.dataset == "voc12":
+        _check_voc12(data, splits, report)
+    else:
+        if data.dataset == "coco14":
+            _check_pycocotools(report)
+        for split in splits:
+            _check_split(data, split, report)
+    return report
+
+
+def prepare_dataset(data: DataConfig, splits: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+    """Make every derived file now: COCO masks (via ensure_dataset), tag caches and indices per split."""
+    ensure_dataset(data, log=log)
+    for split in splits or default_splits(data):
+        dataset = build_dataset(data, split)
+        tags = dataset.tag_matrix()
+        log(f"{split}: {len(dataset)} images, {int(tags.sum())} tags over {dataset.n_classes} classes")
+
+
+# -- VOC 2012 + SBD: per folder and per list ---------------------------------------------------
+
+
+def _stems(folder: Path, suffix: str) -> set[str] | None:
+    return {p.stem for p in folder.glob(f"*{suffix}")} if folder.is_dir() else None
+
+
+def _check_voc12(data: DataConfig, splits: list[str], report: CheckReport) -> None:
+    try:
+        root = resolve_voc_root(data.root)
+    except DataError as exc:
+        report.problem(str(exc))
+        return
+    report.lines.append(f"VOC2012 folder: {root}")
+    folders = {name: _stems(root / name, suffix) for name, suffix in
+               (("JPEGImages", ".jpg"), ("Annotations", ".xml"), *((m, ".png") for m in MASK_DIRS))}
+    for name, stems in folders.items():
+        report.lines.append(f"  {name + '/':24s} {len(stems):6d} files" if stems is not None else f"  {name + '/':24s} absent")
+    if folders["JPEGImages"] is None:
+        report.problem(f"{root / 'JPEGImages'}: image folder (from VOCtrainval_11-May-2012.tar)")
+    for split in splits:
+        _check_voc12_split(root, split, folders, report)
+
+
+def _check_voc12_split(root: Path, split: str, folders: dict[str, set[str] | None], report: CheckReport) -> None:
+    path = next((p for p in list_candidates(root, split) if p.is_file()), None)
+    if path is None:
+        report.problem(f"split {split}: no list in ImageSets/Segmentation/, ImageSets/SegmentationAug/ or the "
+                       f"packaged lists; {missing_list_hint(split)}")
+        return
+    ids = read_id_list(path)
+    expected = LIST_COUNTS.get(split)
+    count = f"{len(ids)} ids" + ("" if expected in (None, len(ids)) else f" (the official list has {expected})")
+    report.lines.append(f"split {split}: {count} from {path}")
+    _report_missing(report, f"split {split}: images", ids, folders["JPEGImages"], root / "JPEGImages", ".jpg",
+                    required=True)
+    masks = {name: _missing(ids, folders[name]) for name in MASK_DIRS}
+    covering = next((name for name in MASK_DIRS if masks[name] == []), None)
+    if covering:
+        report.lines.append(f"  masks: all in {covering}/")
+    else:
+        shown = ", ".join(f"{name}/ lacks {len(miss)}" if miss is not None else f"{name}/ absent"
+                          for name, miss in masks.items())
+        report.lines.append(f"  masks: incomplete ({shown}); needed to score this split, not to train on it")
+    xml_missing = _missing(ids, folders["Annotations"])
+    if xml_missing == []:
+        report.lines.append("  tags: from Annotations/*.xml")
+    elif covering:
+        report.lines.append(f"  tags: from {covering}/ (Annotations/ incomplete)")
+    else:
+        report.problem(f"split {split}: no image-level tags: Annotations/ lacks "
+                       f"{len(xml_missing) if xml_missing is not None else 'all'} of its XML files and no mask "
+                       f"folder covers it (or give data.tags_file)")
+
+
+def _missing(ids: list[str], stems: set[str] | None) -> list[str] | None:
+    return None if stems is None else [i for i in ids if i not in stems]
+
+
+def _report_missing(report: CheckReport, what: str, ids: list[str], stems: set[str] | None, folder: Path,
+                    suffix: str, required: bool) -> None:
+    missing = _missing(ids, stems) if stems is not None else list(ids)
+    if missing:
+        first = ", ".join(f"{i}{suffix}" for i in missing[:SHOWN])
+        text = f"{what}: {len(missing)} of {len(ids)} missing from {folder} (first: {first})"
+        if required:
+            report.problem(text)
+        else:
+            report.lines.append(f"  {text}")
+
+
+# -- COCO, folders, synthetic: through the dataset readers ---------------------------------------
+
+
+def _check_pycocotools(report: CheckReport) -> None:
+    try:
+        require_pycocotools()
+        report.lines.append("pycocotools: installed")
+    except ContaError as exc:
+        report.problem(str(exc))
+
+
+def _check_split(data: DataConfig, split: str, report: CheckReport) -> None:
+    try:
+        dataset = build_dataset(data, split)
+        dataset.tag_matrix()
+    except ContaError as exc:
+        report.problem(f"split {split}: {exc}")
+        return
+    line = f"split {split}: {len(dataset)} images with tags over {dataset.n_classes} classes"
+    dropped = getattr(dataset, "dropped", 0)
+    if dropped:
+        line += f" ({dropped} without a non-crowd object dropped)"
+    report.lines.append(line)
+    if data.dataset == "coco14":
+        cached = len(_stems(dataset.mask_dir, ".png") or ())
+        report.lines.append(f"  masks: {cached} of {len(dataset)} cached in {dataset.mask_dir} "
+                            f"(the rest are made by `conta data prepare` or the first stage)")
+    elif dataset.has_masks:
+        report.lines.append(f"  masks: all in {dataset.mask_dir}")
+    else:
+        _report_missing(report, "masks (needed only for scores)", dataset.ids, _stems(dataset.mask_dir, ".png"),
+                        dataset.mask_dir, ".png", required=False)
