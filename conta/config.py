@@ -252,11 +252,14 @@ class PseudoMaskConfig:
     beta: float = 10.0
     exp_times: int = 8
     bg_threshold: float = 0.25
+    workers: int = 0                     # CPU processes when run.device is the CPU; 0 = one per core
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "radius", "beta")
+        _positive(self, key, "beta")
+        _check(self.radius >= 2, f"{key}.radius", "must be >= 2 (radius 1 has no neighbours)")
         _check(self.exp_times >= 0, f"{key}.exp_times", "must be >= 0")
         _check(0 < self.bg_threshold < 1, f"{key}.bg_threshold", "must be in (0, 1)")
+        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
 
 
 @dataclass
