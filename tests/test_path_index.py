@@ -101,3 +101,11 @@ def test_bad_shapes_are_refused() -> None:
         PathIndex(10, (9, 40))
     with pytest.raises(ValueError, match="boundary must be"):
         path_affinity(torch.zeros(1, 10, 10), PathIndex(5, (12, 12)))
+
+
+def test_sources_and_destinations_match_the_index_tables() -> None:
+    index = PathIndex(5, (11, 15))
+    maps = torch.randn(2, 3, 11, 15)
+    flat = maps.reshape(2, 3, -1)
+    assert torch.equal(index.sources(maps), flat[..., index.src])
+    assert torch.equal(index.destinations(maps), flat[..., index.dst])

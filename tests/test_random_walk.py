@@ -59,10 +59,17 @@ def test_matches_dense_default_steps(radius: int, beta: float) -> None:
     np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_half_precision_cams_come_back_float32() -> None:
+    cams, boundary = _inputs(2, 6, 8, seed=2)
+    out = propagate(cams.half(), boundary, exp_times=2)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, propagate(cams.half().float(), boundary, exp_times=2))
+
+
 def test_float64_in_float64_out_exact() -> None:
     cams, boundary = _inputs(2, 6, 8, seed=3)
     ours = propagate(cams.double(), boundary.double(), exp_times=4)
-    assert ours.dtype == torch.float64
+    assert ours.dtype == torch.float64 and ours.is_contiguous()
     ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), 5, 10.0, 4)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
 
@@ -70,7 +77,7 @@ def test_float64_in_float64_out_exact() -> None:
 def test_shape_dtype_and_averaging_bounds() -> None:
     cams, boundary = _inputs(4, 20, 30, seed=1)
     out = propagate(cams, boundary, exp_times=5)
-    assert out.shape == cams.shape and out.dtype == torch.float32
+    assert out.shape == cams.shape and out.dtype == torch.float32 and out.is_contiguous()
     damped = cams * (1 - boundary)
     assert torch.all(out >= damped.amin(dim=(1, 2), keepdim=True) - 1e-6)   # each step averages
     assert torch.all(out <= damped.amax(dim=(1, 2), keepdim=True) + 1e-6)

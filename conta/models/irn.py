@@ -153,9 +153,8 @@ def affinity_labels(labels: Tensor, index: PathIndex, n_classes: int | None = No
     """
     if labels.dim() != 3 or tuple(labels.shape[1:]) != index.grid_size:
         raise ValueError(f"labels must be (B, {index.grid_size[0]}, {index.grid_size[1]}), got {tuple(labels.shape)}")
-    flat = labels.reshape(labels.shape[0], -1).long()
-    src = flat[:, index.src.to(flat.device)].unsqueeze(1)                      # (B, 1, n_src)
-    dst = flat[:, index.dst.to(flat.device).reshape(-1)].reshape(flat.shape[0], *index.dst.shape)
+    src = index.sources(labels).unsqueeze(1)                                   # (B, 1, n_src)
+    dst = index.destinations(labels)                                            # (B, n_off, n_src)
     limit = IGNORE_INDEX if n_classes is None else min(IGNORE_INDEX, n_classes + 1)
     valid = (src < limit) & (dst < limit)
     same = valid & (src == dst)
@@ -180,10 +179,7 @@ def displacement_loss(displacement: Tensor, index: PathIndex, bg_pos: Tensor, fg
 
     Pixels of one instance point at one centroid, so x_i + D_i = x_j + D_j, i.e. D_i - D_j = x_j - x_i.
     """
-    flat = displacement.reshape(displacement.shape[0], 2, -1)
-    src = flat[:, :, index.src.to(flat.device)].unsqueeze(2)                   # (B, 2, 1, n_src)
-    dst = flat[:, :, index.dst.to(flat.device).reshape(-1)].reshape(flat.shape[0], 2, *index.dst.shape)
-    delta = src - dst                                                           # (B, 2, n_off, n_src)
+    delta = index.sources(displacement).unsqueeze(2) - index.destinations(displacement)  # (B, 2, n_off, n_src)
     target = index.offsets.t().to(delta).unsqueeze(-1)                          # (2, n_off, 1)
     loss_fg = _masked_mean((delta - target).abs().sum(dim=1), fg_pos, scale=2.0)
     loss_bg = _masked_mean(delta.abs().sum(dim=1), bg_pos, scale=2.0)
@@ -195,9 +191,10 @@ def irn_losses(outputs: tuple[Tensor, Tensor], labels: Tensor, index: PathIndex,
     """All IRN losses for one batch: model outputs at stride 4 and seed labels (B, Hf, Wf) at stride 4.
 
     `index` must be built for the output grid (training uses radius 10). "total" is
-    (L_pos + L_neg) / 2 + (L_dfg + L_dbg) / 2.
+    (L_pos + L_neg) / 2 + (L_dfg + L_dbg) / 2. Losses are computed in float32 whatever the
+    autocast dtype: -log(a + 1e-5) needs more precision than bf16 has.
     """
-    boundary_logits, displacement = outputs
+    boundary_logits, displacement = (t.float() for t in outputs)
     if tuple(boundary_logits.shape[-2:]) != index.grid_size or tuple(displacement.shape[-2:]) != index.grid_size:
         raise ValueError(f"outputs are {tuple(boundary_logits.shape[-2:])} but the path index is for {index.grid_size}")
     bg_pos, fg_pos, neg = affinity_labels(labels, index, n_classes)

@@ -72,12 +72,12 @@ class PathIndex:
             path = offset_path(dy, dx)
             by_length.setdefault(len(path), []).append(path)
         self.groups: list[PathGroup] = []
-        ordered: list[tuple[int, int]] = []
+        self.paths: list[list[tuple[int, int]]] = []                # per offset, destination first
         for length in sorted(by_length):
             paths = by_length[length]
-            self.groups.append(PathGroup(list(range(len(ordered), len(ordered) + len(paths))), torch.tensor(paths)))
-            ordered.extend(path[0] for path in paths)
-        self.offsets = torch.tensor(ordered)                        # (n_offsets, 2) as (dy, dx)
+            self.groups.append(PathGroup(list(range(len(self.paths), len(self.paths) + len(paths))), torch.tensor(paths)))
+            self.paths.extend(paths)
+        self.offsets = torch.tensor([path[0] for path in self.paths])   # (n_offsets, 2) as (dy, dx)
 
         rows = torch.arange(self.src_size[0])
         cols = torch.arange(rf, rf + self.src_size[1])
@@ -92,6 +92,20 @@ class PathIndex:
     def n_src(self) -> int:
         return len(self.src)
 
+    def sources(self, maps: Tensor) -> Tensor:
+        """Values of (..., Hf, Wf) maps at the source pixels, (..., n_src)."""
+        (hs, ws), rf = self.src_size, self.radius_floor
+        return maps[..., :hs, rf: rf + ws].reshape(*maps.shape[:-2], hs * ws)
+
+    def destinations(self, maps: Tensor) -> Tensor:
+        """Values of (..., Hf, Wf) maps at every offset's destinations, (..., n_offsets, n_src).
+
+        Same as indexing with `dst`, but stacked from shifted slices, which is ~10x faster.
+        """
+        (hs, ws), rf = self.src_size, self.radius_floor
+        shifted = [maps[..., dy: dy + hs, rf + dx: rf + dx + ws] for dy, dx in self.offsets.tolist()]
+        return torch.stack(shifted, dim=-3).reshape(*maps.shape[:-2], self.n_offsets, hs * ws)
+
     def _flat(self, points: Tensor) -> Tensor:
         """(…, 2) lattice steps as shifts of a row-major flat index on this grid."""
         return points[..., 0] * self.grid_size[1] + points[..., 1]
@@ -102,23 +116,46 @@ class PathIndex:
         return src[None, None, :] + self._flat(group.points).to(device)[..., None]
 
 
-def path_affinity(boundary: Tensor, index: PathIndex) -> Tensor:
-    """Affinities 1 - max(boundary on the path), shape (B, n_offsets, n_src), from (B, Hf, Wf).
+def _path_views(boundary: Tensor, index: PathIndex, path: list[tuple[int, int]]) -> list[Tensor]:
+    """For every point of one offset's path, the (B, hs, ws) view of the map at the source block shifted there."""
+    (hs, ws), rf = index.src_size, index.radius_floor
+    return [boundary[:, dy: dy + hs, rf + dx: rf + dx + ws] for dy, dx in path]
 
-    The maximum's location is found without autograd and the boundary is then gathered there,
-    which gives the max's gradient while keeping one index per pair instead of every path value
-    (the training graph has ~2e6 pairs per image and paths up to 22 points long).
+
+class _PathMax(torch.autograd.Function):
+    """max(boundary on the path) for every (offset, source) pair, as (B, n_offsets, hs, ws).
+
+    A running max over shifted views instead of gathering every path value: the training graph
+    has ~2e6 pairs per image with paths up to 22 points, so the gather would cost gigabytes per
+    batch and is ~10x slower. Backward sends each pair's gradient to the path points equal to its
+    max; such ties happen only where a sigmoid saturates, and there its own gradient is 0 anyway.
     """
+
+    @staticmethod
+    def forward(ctx, boundary: Tensor, index: PathIndex) -> Tensor:
+        peak = boundary.new_empty(boundary.shape[0], index.n_offsets, *index.src_size)
+        for o, path in enumerate(index.paths):
+            views = _path_views(boundary, index, path)
+            peak[:, o] = views[0]
+            for view in views[1:]:
+                torch.maximum(peak[:, o], view, out=peak[:, o])
+        ctx.index = index
+        ctx.save_for_backward(boundary, peak)
+        return peak
+
+    @staticmethod
+    def backward(ctx, grad_peak: Tensor) -> tuple[Tensor, None]:
+        boundary, peak = ctx.saved_tensors
+        grad = torch.zeros_like(boundary)
+        for o, path in enumerate(ctx.index.paths):
+            for view, grad_view in zip(_path_views(boundary, ctx.index, path), _path_views(grad, ctx.index, path)):
+                grad_view.add_(torch.where(view == peak[:, o], grad_peak[:, o], 0.0))
+        return grad, None
+
+
+def path_affinity(boundary: Tensor, index: PathIndex) -> Tensor:
+    """Affinities 1 - max(boundary on the path), shape (B, n_offsets, n_src), from (B, Hf, Wf)."""
     if boundary.dim() != 3 or tuple(boundary.shape[1:]) != index.grid_size:
         raise ValueError(f"boundary must be (B, {index.grid_size[0]}, {index.grid_size[1]}), got {tuple(boundary.shape)}")
-    flat = boundary.reshape(boundary.shape[0], -1)
-    with torch.no_grad():
-        argmax = torch.empty(flat.shape[0], index.n_offsets, index.n_src, dtype=torch.long, device=flat.device)
-        for group in index.groups:
-            paths = index.group_indices(group, flat.device)                     # (g, L, n_src)
-            values = flat[:, paths.reshape(-1)].reshape(flat.shape[0], *paths.shape)
-            best = values.argmax(dim=2, keepdim=True)                           # (B, g, 1, n_src)
-            chosen = paths.expand(flat.shape[0], -1, -1, -1).gather(2, best).squeeze(2)
-            argmax[:, group.offsets[0]: group.offsets[-1] + 1] = chosen
-    peak = flat.gather(1, argmax.reshape(flat.shape[0], -1)).reshape(argmax.shape)
-    return 1.0 - peak
+    peak = _PathMax.apply(boundary, index)
+    return 1.0 - peak.reshape(boundary.shape[0], index.n_offsets, index.n_src)
