@@ -55,6 +55,9 @@ class PathIndex:
     Sources are rows [0, Hf - rf) and columns [rf, Wf - rf) with rf = radius_floor(radius), so
     every destination and path point stays inside the grid. Offsets are ordered by path length
     (group by group); every per-offset tensor here and in `path_affinity` uses that order.
+    `src`, `dst` and `group_indices` are the reference's flat index tables (to build a sparse
+    graph or check against IRNet); `sources`, `destinations` and `path_affinity` read the same
+    values through shifted slices, which is faster and needs no index memory.
     """
 
     def __init__(self, radius: int, grid_size: tuple[int, int]) -> None:
