@@ -43,7 +43,7 @@ def offset_path(dy: int, dx: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class PathGroup:
-    """Offsets whose paths have the same length, so their boundary values gather as one block."""
+    """Offsets whose paths have the same length (the reference gathers each group as one block)."""
 
     offsets: list[int]               # positions of these offsets in `PathIndex.offsets`
     points: Tensor                   # (n_offsets, length, 2) path points (dy, dx), destination first
