@@ -29,6 +29,7 @@ def test_labels_snap_to_the_image() -> None:
     labels = truth.copy()
     labels[5:13, 4:12] = 1            # a wrong blob inside the dark half
     labels[26:32, 30:38] = 0          # and one inside the red half
+    image.setflags(write=False)       # as conta.io.load_rgb returns it
     refined = crf_refine_labels(image, labels, 2, CrfConfig())
     assert refined.shape == truth.shape
     assert np.array_equal(refined, truth)
