@@ -13,7 +13,7 @@ from _datasets import COCO_CLASSES, cam_training_step, coco_file, make_coco
 from PIL import Image
 
 from conta.cli import main
-from conta.config import DataConfig
+from conta.config import DataConfig, load_config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.coco import Coco14Dataset, load_coco
 from conta.errors import ContaError, DataError
@@ -56,8 +56,10 @@ def test_prepare_makes_every_mask_and_resumes(coco: Path, capsys) -> None:
     data = coco_config(coco)
     ensure_dataset(data, log=print)
     out = capsys.readouterr().out
-    assert "coco14 train2014: 2 images with tags (2 without a non-crowd object dropped)" in out
-    assert "(2 made now)" in out and "coco14 val2014: 1 images" in out
+    assert "coco14 train2014: 2 semantic masks made" in out and "2 images with tags (2 without a non-crowd" in out
+    assert "coco14 val2014: 1 semantic masks made" in out
+    ensure_dataset(data, log=print)
+    assert capsys.readouterr().out == ""
     train = build_dataset(data, "train2014")
     assert all(train.mask_path(i).is_file() for i in train.ids)
     train.mask_path(train.ids[0]).unlink()
@@ -123,3 +125,9 @@ def test_data_check_reports_splits_and_missing_pycocotools(coco: Path, capsys, m
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
     assert main(["data", "check", "--dataset", "coco14", "--root", str(coco)]) == 1
     assert 'MISSING MS-COCO needs pycocotools: pip install "conta[coco]"' in capsys.readouterr().out
+
+
+def test_the_shipped_coco14_config_loads() -> None:
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "coco14.yaml")
+    assert (cfg.data.dataset, cfg.data.train_split, cfg.data.val_splits) == ("coco14", "train2014", ["val2014"])
+    assert (cfg.seg.arch, cfg.seg.iterations, cfg.seg.batch_size * cfg.seg.iter_size) == ("resnet101", 100000, 10)

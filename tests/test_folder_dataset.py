@@ -22,21 +22,24 @@ def folder(tmp_path: Path) -> Path:
     return make_folder(tmp_path)
 
 
-def test_train_is_every_tagged_image_and_lists_give_other_splits(folder: Path) -> None:
+def test_train_is_every_tagged_image_no_list_holds_out(folder: Path) -> None:
     train = build_dataset(DataConfig(dataset="folder", root=str(folder)), "train")
-    assert isinstance(train, FolderDataset) and train.ids == ["a", "b", "c"]
-    assert train.class_names == ["cat", "dog"]
-    np.testing.assert_array_equal(train.tag_matrix(), [[1, 1], [0, 1], [1, 0]])
-    assert train.image("b").shape == (30, 36, 3) and train.image_path("c").name == "c.jpeg"
+    assert isinstance(train, FolderDataset) and train.ids == ["c"]  # a and b are in splits/val.txt
+    assert train.class_names == ["cat", "dog"] and train.image_path("c").name == "c.jpeg"
     assert not train.has_masks  # c has none
     val = FolderDataset(folder, "val")
     assert val.ids == ["a", "b"] and val.has_masks
-    assert val.mask("b").max() == 2
+    assert val.mask("b").max() == 2 and val.image("b").shape == (30, 36, 3)
+    (folder / "splits" / "val.txt").unlink()
+    train = FolderDataset(folder, "train")
+    assert train.ids == ["a", "b", "c"]
+    np.testing.assert_array_equal(train.tag_matrix(), [[1, 1], [0, 1], [1, 0]])
 
 
 def test_class_names_from_the_config_and_json_tags(folder: Path) -> None:
     (folder / "class_names.txt").unlink()
     (folder / "tags.csv").unlink()
+    (folder / "splits" / "val.txt").unlink()
     (folder / "tags.json").write_text(json.dumps({"a": ["cat"], "c": ["dog", "cat"]}))
     data = DataConfig(dataset="folder", root=str(folder), class_names=["cat", "dog"])
     train = build_dataset(data, "train")
@@ -45,7 +48,7 @@ def test_class_names_from_the_config_and_json_tags(folder: Path) -> None:
 
 
 def test_cam_training_step_on_a_folder(folder: Path) -> None:
-    cam_training_step(FolderDataset(folder, "train"))
+    cam_training_step(FolderDataset(folder, "val"))
 
 
 def test_missing_files_give_clear_messages(folder: Path, tmp_path: Path) -> None:
@@ -74,8 +77,8 @@ def test_data_check_reports_a_folder(folder: Path, capsys) -> None:
     args = ["data", "check", "--dataset", "folder", "--root", str(folder), "--split", "train", "--split", "val"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "split train: 3 images with tags over 2 classes" in out
-    assert "masks (needed only for scores): 1 of 3 missing" in out and "(first: c.png)" in out
+    assert "split train: 1 images with tags over 2 classes" in out
+    assert "masks (needed only for scores): 1 of 1 missing" in out and "(first: c.png)" in out
     assert f"split val: 2 images with tags over 2 classes\n  masks: all in {folder / 'masks'}" in out
     assert main([*args, "--split", "test"]) == 1
     assert "MISSING split test:" in capsys.readouterr().out

@@ -198,11 +198,13 @@ class Coco14Dataset(VOCLayoutDataset):
 
 
 def prepare_coco(data: DataConfig, log: Callable[[str], None] = print) -> None:
-    """Build the index and every semantic mask of the splits a config uses (train, infer, eval, val)."""
+    """Build the index and every missing semantic mask of the splits a config uses (train, infer,
+    eval, val); says what it made, and nothing when the cache is complete (every stage calls it)."""
     splits = dict.fromkeys([data.train_split, data.infer_split, data.eval_split, *data.val_splits])
     for split in splits:
         dataset = Coco14Dataset(data.root, split, data.cache_dir)
         made = dataset.prepare_masks()
-        log(f"coco14 {split}: {len(dataset)} images with tags ({dataset.dropped} without a non-crowd object "
-            f"dropped); masks in {dataset.mask_dir} ({made} made now)")
+        if made:
+            log(f"coco14 {split}: {made} semantic masks made in {dataset.mask_dir}; {len(dataset)} images with "
+                f"tags ({dataset.dropped} without a non-crowd object dropped)")
     load_coco.cache_clear()

@@ -8,8 +8,9 @@
                                               k = the k-th class, 255 = ignore
       splits/<split>.txt                      optional id lists
 
-Without splits/<split>.txt the split `train` is every image the tags file names (an image without
-tags has no training target); other splits (e.g. a `val` with masks) need their list.
+Without splits/train.txt the split `train` is every image the tags file names (an image without
+tags has no training target) that no other list in splits/ holds, so a `val` list is never trained
+on; other splits (e.g. a `val` with masks) need their list.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class FolderDataset(VOCLayoutDataset):
         if self.list_path.is_file() or split != "train":
             self.ids = read_id_list(self.list_path)
         else:
+            held_out = {i for path in (self.root / "splits").glob("*.txt") for i in read_id_list(path)}
             self.list_path = self.tags_file
-            self.ids = sorted(read_tags_file(self.tags_file, self.class_names))
+            self.ids = sorted(set(read_tags_file(self.tags_file, self.class_names)) - held_out)
         self._check_images_exist()
 
     def image_path(self, image_id: str) -> Path:
