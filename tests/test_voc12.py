@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _datasets import TRAIN_AUG, VOC_TRAIN, VOC_VAL, cam_training_step, make_voc_sbd
 
+import conta.data.cache as cache
 import conta.data.voc12 as voc12
 from conta.cli import main
 from conta.config import DataConfig
@@ -68,6 +69,14 @@ def test_masks_give_the_tags_without_annotations(voc) -> None:
     assert train.tag_source == "mask"
     assert [tag_names(train.tags(i)) for i in VOC_TRAIN] == [voc.voc.tags[i] for i in VOC_TRAIN]
     assert (voc.root / ".conta_cache" / "voc12_tags.json").is_file()  # root is writable
+
+
+def test_a_read_only_dataset_caches_in_the_user_cache(voc, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    VOC12Dataset(voc.root, "train").tag_matrix()
+    assert len(list((tmp_path / "xdg" / "conta").glob("VOC2012-*/voc12_tags.json"))) == 1
+    assert not (voc.root / ".conta_cache").exists()
 
 
 def test_lists_come_from_the_dataset_first_then_the_package(voc, tmp_path: Path, monkeypatch) -> None:

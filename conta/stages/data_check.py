@@ -43,11 +43,14 @@ class CheckReport:
 
 
 def default_splits(data: DataConfig) -> list[str]:
-    """The splits a check covers when none are named: the dataset's usual ones."""
+    """The splits a check covers when none are named: VOC's and COCO's usual ones, a folder's
+    `train` and its lists, else the config's."""
     if data.dataset == "voc12":
         return ["train", "train_aug", "val"]
     if data.dataset == "coco14":
         return list(COCO_SPLITS)
+    if data.dataset == "folder":
+        return list(dict.fromkeys(["train", *sorted(p.stem for p in (Path(data.root) / "splits").glob("*.txt"))]))
     return list(dict.fromkeys([data.train_split, data.infer_split, data.eval_split, *data.val_splits]))
 
 
