@@ -11,7 +11,12 @@ from conta.errors import ConfigError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU; an explicit CUDA request without a GPU is an error."""
+    """`auto` picks CUDA when present, else the CPU; an explicit CUDA request without a GPU is an error.
+
+    Also flushes subnormal floats to zero on the CPU: the activations of randomly initialised or
+    weight-decayed networks underflow into subnormals, which made CPU convolutions ~10x slower.
+    """
+    torch.set_flush_denormal(True)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
