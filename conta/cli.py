@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights = sub.add_parser("weights", help="pretrained weights: convert Caffe and deeplab-pytorch files")
     _add_weights_commands(weights.add_subparsers(title="weights commands", metavar="COMMAND"))
 
+    _add_seg_commands(sub)
     evaluation = sub.add_parser("eval", help="evaluate predictions against ground truth")
     eval_sub = evaluation.add_subparsers(title="eval commands", metavar="COMMAND")
     masks = eval_sub.add_parser("masks", help="mIoU of a folder of predicted PNGs")
@@ -218,6 +219,99 @@ def _cmd_weights_convert(args: argparse.Namespace, cfg: Config) -> int:
         conversion = convert_deeplab_pytorch(args.deeplab_pytorch, names)
     print(conversion.report())
     print(f"written to {save_conversion(conversion, args.out)}")
+    return 0
+
+
+
+def _add_seg_commands(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser("seg", help="stage 5: the DeepLab v2 segmenter (train / test / crf)")
+    seg_sub = seg.add_subparsers(title="seg commands", metavar="COMMAND")
+    _stage(seg_sub, "train", "train DeepLab v2 on the round's pseudo-masks (or seg.label_source=gt)",
+           _cmd_seg_train, extra=_seg_train_args)
+    _stage(seg_sub, "test", "predict a split (palette PNGs) and score it when it has masks", _cmd_seg_test,
+           extra=_seg_test_args)
+    _stage(seg_sub, "crf", "dense-CRF post-processing of a split's predictions, scored", _cmd_seg_crf,
+           extra=_seg_crf_args)
+    demo = sub.add_parser("demo", help="segment your own image or webcam with a trained segmenter")
+    demo_sub = demo.add_subparsers(title="demo commands", metavar="COMMAND")
+    _stage(demo_sub, "single", "segment one image; save a figure of it, the overlay and a legend",
+           _cmd_demo_single, extra=_demo_single_args)
+    _stage(demo_sub, "live", "segment webcam frames live (needs OpenCV, a camera and a display)",
+           _cmd_demo_live, extra=_demo_live_args)
+
+
+def _model_path_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-path", type=Path, help="segmenter model.pt (default: round_<t>/seg/model.pt of the run)")
+
+
+def _seg_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-dir", type=Path, help="folder of <id>.png training labels (default: by seg.label_source)")
+
+
+def _seg_test_args(p: argparse.ArgumentParser) -> None:
+    _model_path_arg(p)
+    p.add_argument("--split", help="split to predict (default: the first of data.val_splits)")
+    p.add_argument("--keep-logits", action="store_true", help="also keep the stride-8 logits (seg crf reuses them)")
+
+
+def _seg_crf_args(p: argparse.ArgumentParser) -> None:
+    _model_path_arg(p)
+    p.add_argument("--split", help="split to refine (default: the first of data.val_splits)")
+    p.add_argument("--workers", type=int, help="CRF processes (default: one per CPU core)")
+
+
+def _split(args: argparse.Namespace, cfg: Config) -> str:
+    if args.split:
+        return args.split
+    if not cfg.data.val_splits:
+        raise ContaError("no --split given and data.val_splits is empty")
+    return cfg.data.val_splits[0]
+
+
+def _cmd_seg_train(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages import seg
+
+    seg.train(cfg, args.round, label_dir=args.label_dir)
+    return 0
+
+
+def _cmd_seg_test(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages import seg
+
+    seg.test(cfg, args.round, _split(args, cfg), args.model_path, keep_logits=args.keep_logits)
+    return 0
+
+
+def _cmd_seg_crf(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages import seg
+
+    seg.crf(cfg, args.round, _split(args, cfg), args.model_path, workers=args.workers)
+    return 0
+
+
+def _demo_single_args(p: argparse.ArgumentParser) -> None:
+    _model_path_arg(p)
+    p.add_argument("--image-path", type=Path, required=True, help="the image to segment")
+    p.add_argument("--crf", action="store_true", help="refine with the dense CRF (seg.crf)")
+    p.add_argument("--out", type=Path, help="where to save the figure (default: <run dir>/demo/<image name>.png)")
+
+
+def _demo_live_args(p: argparse.ArgumentParser) -> None:
+    _model_path_arg(p)
+    p.add_argument("--camera-id", type=int, default=0, help="OpenCV camera index (default 0)")
+
+
+def _cmd_demo_single(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.demo import single
+
+    single(cfg, args.round, args.image_path, args.model_path, crf=args.crf, out=args.out)
+    return 0
+
+
+def _cmd_demo_live(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.demo import live
+
+    live(cfg, args.round, args.model_path, camera_id=args.camera_id)
     return 0
 
 

@@ -1,0 +1,382 @@
+"""Stage 5: DeepLab v2 trained on the round's pseudo-masks, then test and dense-CRF post-processing.
+
+Follows deeplab-pytorch as CONTA ran it (spec 7): discrete scale augmentation, 321 crops, MSC
+loss summed over the four outputs, iter_size accumulation, SGD with 1x/10x/20x groups and a poly
+lr refreshed every 10 iterations, frozen BN. What changes (spec 9): whole-state checkpoints with
+exact resume (the data stream is a function of (seed, sample number), not of a shuffling
+iterator), strict weight loading, NaN detection, and the CRF sees the raw image.
+
+Artifacts (round_<t>/seg/): checkpoint.pt, model.pt (+ meta), tb/, pred/<split>/<id>.png,
+pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 stride-8 logits + image size).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from conta.config import Config, CrfConfig, SegConfig
+from conta.data.build import build_dataset, ensure_dataset
+from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
+from conta.data.transforms import denormalize, normalize, random_crop, random_hflip, rescale, sample_rng, to_chw
+from conta.data.voc import VOCLayoutDataset
+from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from conta.engine.device import resolve_device, seed_everything
+from conta.engine.parallel import run_parallel
+from conta.engine.schedule import PolySchedule
+from conta.errors import ConfigError, ContaError, DataError
+from conta.eval.evaluate import score_predictions
+from conta.eval.metrics import format_table
+from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
+from conta.models.convert import KINDS as CONVERTED_KINDS
+from conta.models.convert import load_converted
+from conta.models.deeplab import MSC, deeplab_param_groups
+from conta.models.weights import load_backbone_weights
+from conta.progress import progress
+from conta.seg_predictor import (build_seg_model, load_seg_model, logits_to_probs, model_meta,
+                                 predict_logits, save_seg_model)
+from conta.stages.paths import RoundPaths, round_paths, update_metrics
+
+Log = Callable[[str], None]
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+class SegTrainStream(Dataset):
+    """Training sample number k = an id and an augmentation, both functions of (seed, k) only.
+
+    Epoch e = k // N visits the ids in the permutation drawn from (seed, e), so resuming at any
+    iteration replays exactly the samples an uninterrupted run would have drawn, for any worker count.
+    """
+
+    def __init__(self, dataset: VOCLayoutDataset, ids: list[str], label_dir: Path, seg: SegConfig, seed: int) -> None:
+        self.dataset, self.ids, self.label_dir, self.seg, self.seed = dataset, ids, label_dir, seg, seed
+
+    def locate(self, k: int) -> tuple[str, np.random.Generator]:
+        epoch, pos = divmod(k, len(self.ids))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        return self.ids[order[pos]], sample_rng(self.seed, epoch, pos)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_id, rng = self.locate(k)
+        image = self.dataset.image(image_id)
+        label = read_label(self.label_dir / f"{image_id}.png", image.shape[:2], self.dataset.n_classes)
+        scale = float(rng.choice(self.seg.scales))
+        image = normalize(rescale(image, scale, Image.BILINEAR), self.seg.normalization)
+        label = rescale(label, scale, Image.NEAREST)
+        image, label = random_crop(image, label, self.seg.crop_size, rng)  # pads with the mean / ignore
+        image, label = random_hflip(image, label, rng)
+        return torch.from_numpy(to_chw(image)), torch.from_numpy(label.astype(np.int64))
+
+
+def read_label(path: Path, size: tuple[int, int], n_classes: int) -> np.ndarray:
+    label = load_label_png(path)
+    if label.shape != tuple(size):
+        raise DataError(path, f"label is {label.shape[1]}x{label.shape[0]} but its image is {size[1]}x{size[0]}")
+    bad = (label > n_classes) & (label != IGNORE_INDEX)
+    if bad.any():
+        raise DataError(path, f"label value {int(label[bad].max())} outside 0..{n_classes} (255 = ignore)")
+    return label.astype(np.uint8)
+
+
+def label_dir_for(cfg: Config, t: int, dataset: VOCLayoutDataset) -> Path:
+    """seg.label_source: the round's pseudo-masks, or the dataset's ground truth (read only)."""
+    return dataset.mask_dir if cfg.seg.label_source == "gt" else round_paths(cfg, t).pseudo_mask
+
+
+# -- loss and initialisation -----------------------------------------------------------------
+
+
+def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B x H x W labels to `size` by nearest neighbour with PIL's pixel-centre convention."""
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+
+
+def msc_loss(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Sum over the MSC outputs of the mean cross-entropy (ignore 255) against labels resized to each.
+
+    An output whose resized labels are all ignored adds 0 instead of torch's NaN (0 / 0).
+    """
+    total = outputs[0].new_zeros(())
+    for logits in outputs:
+        target = resize_labels(labels, logits.shape[-2:])
+        valid = (target != IGNORE_INDEX).sum()
+        total = total + F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") / valid.clamp(min=1)
+    return total
+
+
+def pretrained_meta(source: str | None) -> dict | None:
+    """The meta of a conta weights file (a `conta seg train` model or a `conta weights convert`
+    output); None for null, "hub" and torchvision ImageNet files."""
+    if source is None or source == "hub" or not Path(source).is_file():
+        return None
+    state = load_checkpoint(source)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    return meta if isinstance(meta, dict) and meta.get("kind") in CONVERTED_KINDS else None
+
+
+def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
+                 sample_images: Callable[[], torch.Tensor]) -> str:
+    """Apply seg.pretrained (whose `pretrained_meta` is `source_meta`) and say what it did.
+
+    null                  random initialisation, BN statistics estimated on `sample_images()`
+    a conta weights file  (model.pt of `conta seg train`, or `conta weights convert` output): the
+                          trunk strictly, the ASPP too when its classes match
+    anything else         a torchvision ImageNet ResNet file or "hub": the backbone strictly, ASPP random
+    """
+    source = seg.pretrained
+    if source is None:
+        images = sample_images()
+        calibrate_bn(model.base, images)
+        return f"seg.pretrained is null: random initialisation, BN statistics from {len(images)} training crops"
+    if source_meta is not None:
+        return load_converted(model, source)
+    report = load_backbone_weights(model.base.backbone, source, seg.arch, config_key="seg.pretrained")
+    return f"backbone: {report}; ASPP randomly initialised"
+
+
+@torch.no_grad()
+def calibrate_bn(net: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set each BN's running statistics to those of its input on `images`, layer after layer.
+
+    BN is frozen (spec 7.3), so a random network keeps the identity statistics (mean 0, var 1)
+    and its activations are badly scaled from layer to layer: from scratch, training then stalls
+    on background or diverges. One forward pass with pre-hooks normalises every layer given the
+    already-calibrated layers before it (a data-dependent initialisation).
+    """
+
+    def set_stats(bn: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        bn.running_mean.copy_(args[0].mean((0, 2, 3)))
+        bn.running_var.copy_(args[0].var((0, 2, 3), unbiased=False))
+
+    hooks = [m.register_forward_pre_hook(set_stats) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        net(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _stride_in_1x1(seg: SegConfig, meta: dict | None) -> bool:
+    """The block layout the pretrained file was made for (Caffe ResNets stride in the 1x1 conv)."""
+    if meta is None:
+        return False
+    if meta.get("normalization", seg.normalization) != seg.normalization:
+        raise ConfigError(f"seg.pretrained {seg.pretrained} expects seg.normalization={meta['normalization']}, "
+                          f"not {seg.normalization}")
+    return bool(meta.get("stride_in_1x1", False))
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) -> Path:
+    """Train the round's DeepLab; returns round_<t>/seg/model.pt (skips when it exists, resumes from checkpoint.pt)."""
+    from conta.engine.tensorboard import TrainLogger  # here: inference and CRF workers need no TensorBoard
+
+    seg, paths = cfg.seg, round_paths(cfg, t)
+    model_path = paths.seg / "model.pt"
+    if model_path.is_file():
+        log(f"seg train: {model_path} exists; skipping")
+        return model_path
+    ensure_dataset(cfg.data, log=log)
+    dataset = build_dataset(cfg.data, cfg.data.train_split)
+    label_dir = Path(label_dir) if label_dir is not None else label_dir_for(cfg, t, dataset)
+    ids = [i for i in dataset.ids if (label_dir / f"{i}.png").is_file()]
+    if not ids:
+        raise ContaError(f"seg train: no labels for split {cfg.data.train_split} in {label_dir} "
+                         f"(seg.label_source={seg.label_source}; run the pseudo-mask stage first or use gt)")
+    log(f"seg train: round {t}, {len(ids)} of {len(dataset)} {cfg.data.train_split} images, labels from {label_dir}")
+
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    per_iteration = seg.batch_size * seg.iter_size
+    stream = SegTrainStream(dataset, ids, label_dir, seg, cfg.run.seed)
+    source_meta = pretrained_meta(seg.pretrained)
+    meta = model_meta(seg, ["background", *dataset.class_names], _stride_in_1x1(seg, source_meta))
+    model = build_seg_model(meta)
+    ckpt_path = paths.seg / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None:
+        if state.get("meta") != meta:
+            raise ContaError(f"{ckpt_path}: made with another seg model or dataset; delete it to start over")
+        model.load_state_dict(state["model"])
+    else:
+        def first_crops() -> torch.Tensor:  # the samples of the first iteration
+            return torch.stack([stream[k][0] for k in range(per_iteration)])
+
+        log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
+    model.to(device).train()
+    optimizer, schedule = build_optimizer(model, seg)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state)
+        start = int(state["iteration"])
+        log(f"seg train: resuming at iteration {start} from {ckpt_path}")
+    logger = TrainLogger(paths.seg / "tb", seg.average_loss, start, state.get("loss_window") if state else None)
+
+    loader = DataLoader(stream, batch_size=seg.batch_size, num_workers=cfg.data.num_workers,
+                        sampler=range(start * per_iteration, seg.iterations * per_iteration))
+    batches = iter(loader)
+    bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
+    started = time.perf_counter()
+    try:
+        for it in bar:
+            schedule.apply(it)
+            loss, (images, labels, outputs) = _accumulate(model, batches, seg.iter_size, device, it)
+            optimizer.step()
+            done = it + 1
+            average = logger.add_loss(loss)
+            bar.set_postfix(loss=f"{average:.4f}")
+            if done % seg.log_every == 0:
+                logger.log_scalars(done, optimizer)
+                if bar.disable:
+                    log(f"seg train: iteration {done}/{seg.iterations} loss {average:.4f} "
+                        f"lr {optimizer.param_groups[0]['lr']:.3g} ({(done - start) / (time.perf_counter() - started):.2f} it/s)")
+            if done % seg.image_log_every == 0:
+                logger.log_image("train/image_pred_target", training_panel(images[0], outputs[-1][0], labels[0],
+                                                                           seg.normalization), done)
+            if done % seg.save_every == 0 or done == seg.iterations:
+                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                iteration=done, loss_window=list(logger.loss.values), meta=meta)
+    finally:
+        logger.close()
+    save_seg_model(model_path, model, meta)
+    log(f"seg train: model written to {model_path}")
+    return model_path
+
+
+def build_optimizer(model: MSC, seg: SegConfig) -> tuple[torch.optim.SGD, PolySchedule]:
+    """SGD over the 1x / 10x / 20x groups (BN in none), lr refreshed every seg.lr_decay_every iterations."""
+    optimizer = torch.optim.SGD(deeplab_param_groups(model, seg.lr, seg.weight_decay), lr=seg.lr, momentum=seg.momentum)
+    return optimizer, PolySchedule(optimizer, seg.lr, seg.iterations, seg.poly_power, seg.lr_decay_every)
+
+
+def _accumulate(model: MSC, batches: Iterator, iter_size: int, device: torch.device,
+                it: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]:
+    """Gradients of `iter_size` mini-batches, each loss divided by iter_size (one effective batch).
+
+    Returns the iteration's loss and the last mini-batch (images, labels, outputs) for logging.
+    """
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(iter_size):
+        images, labels = (x.to(device) for x in next(batches))
+        outputs = model(images)
+        loss = msc_loss(outputs, labels) / iter_size
+        if not torch.isfinite(loss):
+            raise ContaError(f"seg train: loss is {loss.item()} at iteration {it + 1}; lower seg.lr or check the labels")
+        loss.backward()
+        total += loss.item()
+    return total, (images, labels, outputs)
+
+
+def training_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, normalization: str) -> np.ndarray:
+    """image | prediction | target, side by side (uint8 RGB) for TensorBoard."""
+    size = tuple(image.shape[-2:])
+    pred = F.interpolate(logits.detach()[None].float(), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    rgb = denormalize(image.detach().cpu().numpy().transpose(1, 2, 0), normalization)
+    return np.concatenate([rgb, colorize(pred.cpu().numpy()), colorize(label.cpu().numpy())], axis=1)
+
+
+# -- inference -------------------------------------------------------------------------------
+
+
+def default_model_path(cfg: Config, t: int) -> Path:
+    return round_paths(cfg, t).seg / "model.pt"
+
+
+def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None:
+    """Stride-8 logits of the padded image as float16, with the image size needed to undo the padding."""
+    save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64))
+
+
+def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], model_path: Path,
+                      pred_dir: Path, logit_dir: Path | None, desc: str) -> None:
+    """Whole-image MSC inference for `ids`: palette PNGs into `pred_dir`, logits into `logit_dir` if given."""
+    device = resolve_device(cfg.run.device)
+    model, meta = load_seg_model(model_path, device)
+    if meta["n_classes"] != dataset.n_classes + 1:
+        raise ContaError(f"{model_path}: a model of {meta['n_classes']} classes cannot label a dataset "
+                         f"of {dataset.n_classes + 1} (background included)")
+    for image_id in progress(ids, desc=desc):
+        image = dataset.image(image_id)
+        logits = predict_logits(model, image, meta["normalization"], device)
+        if logit_dir is not None:
+            save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
+        labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
+        save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
+
+
+def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_logits: bool = False,
+         log: Log = print) -> dict:
+    """Predict every image of `split`; score them when the split has masks (metrics `seg_<split>`).
+
+    Works on splits without ground truth too (the next round's training images). Images whose
+    outputs exist are skipped. Returns the scores, or {} without ground truth.
+    """
+    paths = round_paths(cfg, t)
+    ensure_dataset(cfg.data, log=log)
+    dataset = build_dataset(cfg.data, split)
+    pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
+    todo = [i for i in dataset.ids if not (pred_dir / f"{i}.png").is_file()
+            or (keep_logits and not (logit_dir / f"{i}.npz").is_file())]
+    if todo:
+        write_predictions(cfg, dataset, todo, Path(model_path or default_model_path(cfg, t)), pred_dir,
+                          logit_dir if keep_logits else None, f"seg test {split}")
+    return _score(paths, dataset, pred_dir, f"seg_{split}", log)
+
+
+def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers: int | None = None,
+        log: Log = print) -> dict:
+    """Dense-CRF post-processing of the kept logits (computed first where missing), on the raw
+    images, in `workers` processes (default: one per CPU core); metrics `seg_<split>_crf`."""
+    from conta.ops.crf import crf_available
+
+    if not crf_available():
+        raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]"')
+    paths = round_paths(cfg, t)
+    ensure_dataset(cfg.data, log=log)
+    dataset = build_dataset(cfg.data, split)
+    logit_dir, out_dir = paths.seg_logits(split), paths.seg_pred(f"{split}_crf")
+    missing = [i for i in dataset.ids if not (logit_dir / f"{i}.npz").is_file()]
+    if missing:
+        write_predictions(cfg, dataset, missing, Path(model_path or default_model_path(cfg, t)),
+                          paths.seg_pred(split), logit_dir, f"seg logits {split}")
+    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", out_dir / f"{i}.png", cfg.seg.crf)
+            for i in dataset.ids if not (out_dir / f"{i}.png").is_file()]
+    run_parallel(_crf_job, jobs, workers or os.cpu_count() or 1, f"seg crf {split}")
+    return _score(paths, dataset, out_dir, f"seg_{split}_crf", log)
+
+
+def _crf_job(job: tuple[Path, Path, Path, CrfConfig]) -> None:
+    from conta.ops.crf import crf_refine_probs
+
+    image_path, logit_path, out_path, crf_cfg = job
+    image = load_rgb(image_path)
+    saved = load_npz(logit_path)
+    probs = logits_to_probs(saved["logits"], tuple(int(s) for s in saved["size"]))
+    if probs.shape[1:] != image.shape[:2]:
+        raise DataError(logit_path, f"logits are for a {tuple(saved['size'])} image, {image_path} is {image.shape[:2]}")
+    refined = crf_refine_probs(image, probs.numpy(), crf_cfg)
+    save_label_png(out_path, refined.argmax(0).astype(np.uint8), voc_palette())
+
+
+def _score(paths: RoundPaths, dataset: VOCLayoutDataset, pred_dir: Path, section: str, log: Log) -> dict:
+    if not dataset.has_masks:
+        log(f"{section}: no ground truth for split {dataset.split}; predictions in {pred_dir}")
+        return {}
+    scores = score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"))
+    log(format_table(scores, f"{section} ({paths.root.name}, {len(dataset)} images)"))
+    update_metrics(paths.metrics, section, scores)
+    return scores

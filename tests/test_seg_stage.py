@@ -1,0 +1,268 @@
+"""Segmentation stage: MSC loss, optimiser groups and poly schedule, frozen BN, iter_size,
+exact resume, TensorBoard, test (PNGs, logits, mIoU, no-GT splits), dense CRF, Predictor."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _seg_tiny import IMAGE_SIZE, N_CLASSES, one_thread, seg_config  # noqa: F401 (autouse fixture)
+from PIL import Image
+
+from conta.config import Config, replace
+from conta.data.palette import IGNORE_INDEX
+from conta.errors import ContaError
+from conta.eval.metrics import ConfusionMatrix
+from conta.io import load_json, load_label_png, load_npz, load_rgb, save_label_png, save_rgb
+from conta.seg_predictor import Predictor, build_seg_model, logits_to_probs, model_meta, padded_size
+from conta.stages import seg
+from conta.stages.paths import round_paths
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The config of a tiny synthetic run whose model was trained on ground truth (shared)."""
+    cfg = seg_config(tmp_path_factory.mktemp("seg"))
+    seg.train(cfg, 0, log=lambda s: None)
+    return cfg
+
+
+def _tiny_model(n_classes: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = seg_config(Path("unused"))
+    return build_seg_model(model_meta(cfg.seg, [f"c{i}" for i in range(n_classes)]))
+
+
+# -- loss ---------------------------------------------------------------------------------------
+
+
+def test_resize_labels_matches_pil_nearest() -> None:
+    labels = np.random.default_rng(0).integers(0, 6, (13, 17)).astype(np.uint8)
+    for h, w in [(5, 7), (9, 9), (26, 34)]:
+        ours = seg.resize_labels(torch.from_numpy(labels).long()[None], (h, w))[0].numpy()
+        pil = np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
+        assert np.array_equal(ours, pil)
+
+
+def test_msc_loss_is_sum_of_per_output_ce_on_resized_labels() -> None:
+    torch.manual_seed(0)
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 255, 1, 1], [2, 2, 255, 1], [2, 2, 1, 1]]])
+    big, small = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 2, 2)
+    # by hand: the 2x2 labels are PIL's nearest picks (rows/cols 1 and 3); mean over non-ignored pixels
+    small_labels = torch.tensor([[255, 1], [2, 1]])
+    expected = 0.0
+    for logits, target in [(big[0], labels[0]), (small[0], small_labels)]:
+        logp = logits.log_softmax(0)
+        picks = [logp[target[y, x], y, x] for y in range(target.shape[0]) for x in range(target.shape[1])
+                 if target[y, x] != IGNORE_INDEX]
+        expected += -torch.stack(picks).mean()
+    assert torch.allclose(seg.msc_loss([big, small], labels), expected, atol=1e-6)
+
+
+def test_msc_loss_output_with_only_ignored_pixels_adds_zero() -> None:
+    labels = torch.full((1, 4, 4), IGNORE_INDEX)
+    labels[0, 0, 0] = 1
+    out = [torch.randn(1, 3, 4, 4), torch.randn(1, 3, 1, 1)]  # the 1x1 output only sees (2, 2): ignored
+    loss = seg.msc_loss(out, labels)
+    assert torch.isfinite(loss)
+    assert torch.allclose(loss, F.cross_entropy(out[0], labels, ignore_index=IGNORE_INDEX))
+
+
+# -- optimiser, schedule, BN, accumulation ------------------------------------------------------
+
+
+def test_param_groups_and_poly_schedule_every_10_iterations() -> None:
+    model = _tiny_model()
+    cfg = seg_config(Path("unused"), "seg.iterations=100", "seg.lr=0.01", "seg.lr_decay_every=10")
+    optimizer, schedule = seg.build_optimizer(model, cfg.seg)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert {n: g["lr_mult"] for n, g in groups.items()} == {"backbone": 1.0, "aspp_weight": 10.0, "aspp_bias": 20.0}
+    assert groups["aspp_bias"]["weight_decay"] == 0 and groups["backbone"]["weight_decay"] == cfg.seg.weight_decay
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert not bn_params & {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for it, base in [(0, 0.01), (9, 0.01), (10, 0.01 * 0.9**0.9), (19, 0.01 * 0.9**0.9), (25, 0.01 * 0.8**0.9)]:
+        schedule.apply(it)
+        for g in optimizer.param_groups:
+            assert g["lr"] == pytest.approx(base * g["lr_mult"])
+
+
+def test_bn_stays_frozen_through_a_training_step() -> None:
+    model = _tiny_model().train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = copy.deepcopy([m.state_dict() for m in bns])
+    cfg = seg_config(Path("unused"), "seg.lr=0.1")
+    optimizer, _ = seg.build_optimizer(model, cfg.seg)
+    batch = (torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33)))
+    seg._accumulate(model, iter([batch]), 1, torch.device("cpu"), 0)
+    optimizer.step()
+    assert all(not m.training for m in bns)
+    for m, state in zip(bns, before):
+        for key, value in m.state_dict().items():
+            assert torch.equal(value, state[key]), key
+    assert model.base.aspp.branches[0].weight.grad is not None
+
+
+def test_iter_size_accumulation_equals_one_big_batch() -> None:
+    torch.manual_seed(1)
+    images, labels = torch.randn(4, 3, 33, 33), torch.randint(0, 4, (4, 33, 33))  # no ignored pixels
+    small, big = _tiny_model().train(), _tiny_model().train()
+    seg._accumulate(small, iter([(images[:2], labels[:2]), (images[2:], labels[2:])]), 2, torch.device("cpu"), 0)
+    seg._accumulate(big, iter([(images, labels)]), 1, torch.device("cpu"), 0)
+    for (name, a), b in zip(small.named_parameters(), big.parameters()):
+        if a.requires_grad:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_training_stream_is_a_function_of_seed_and_sample_number(trained: Config) -> None:
+    dataset = seg.build_dataset(trained.data, "train")
+    a = seg.SegTrainStream(dataset, dataset.ids, dataset.mask_dir, trained.seg, seed=3)
+    b = seg.SegTrainStream(dataset, dataset.ids, dataset.mask_dir, trained.seg, seed=3)
+    for k in (0, 7, 13):
+        assert all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
+    image, label = a[7]
+    assert image.shape == (3, 65, 65) and label.shape == (65, 65) and label.dtype == torch.int64
+    epoch = [a.locate(k)[0] for k in range(len(dataset.ids))]
+    assert sorted(epoch) == sorted(dataset.ids)  # one epoch visits every image once
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = seg_config(tmp_path / "a")
+    resumed = seg_config(tmp_path / "b")
+    seg.train(straight, 0, log=lambda s: None)
+
+    real_save = seg.save_checkpoint
+
+    def save_then_crash(path, **state):
+        real_save(path, **state)
+        if state["iteration"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(seg, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        seg.train(resumed, 0, log=lambda s: None)
+    assert not (round_paths(resumed, 0).seg / "model.pt").exists()
+    messages: list[str] = []
+    seg.train(resumed, 0, log=messages.append)
+    assert any("resuming at iteration 3" in m for m in messages)
+    a = torch.load(round_paths(straight, 0).seg / "model.pt", weights_only=True)["model"]
+    b = torch.load(round_paths(resumed, 0).seg / "model.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+
+
+def test_tensorboard_events_hold_loss_lr_and_image(trained: Config) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(round_paths(trained, 0).seg / "tb")).Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"loss/train", "lr/backbone", "lr/aspp_weight", "lr/aspp_bias"} <= set(scalars)
+    assert [e.step for e in events.Scalars("loss/train")] == [2, 4, 6]
+    assert events.Tags()["images"] == ["train/image_pred_target"]
+
+
+def test_nan_loss_stops_with_the_iteration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = seg_config(tmp_path)
+    monkeypatch.setattr(seg, "msc_loss", lambda outputs, labels: outputs[0].sum() * float("nan"))
+    with pytest.raises(ContaError, match="iteration 1"):
+        seg.train(cfg, 0, log=lambda s: None)
+
+
+def test_training_without_labels_says_where_it_looked(tmp_path: Path) -> None:
+    cfg = seg_config(tmp_path, "seg.label_source=pseudo_mask")
+    with pytest.raises(ContaError, match="pseudo_mask"):
+        seg.train(cfg, 0, log=lambda s: None)
+
+
+# -- test ---------------------------------------------------------------------------------------
+
+
+def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)
+    paths = round_paths(trained, 0)
+    assert np.isfinite(scores["miou"]) and 0 <= scores["miou"] <= 1
+    assert load_json(paths.metrics)["seg_val"]["miou"] == scores["miou"]
+    ids = seg.build_dataset(trained.data, "val").ids
+    hp, wp = padded_size((IMAGE_SIZE, IMAGE_SIZE))
+    for image_id in ids:
+        with Image.open(paths.seg_pred("val") / f"{image_id}.png") as png:
+            assert png.mode == "P" and png.size == (IMAGE_SIZE, IMAGE_SIZE)
+        saved = load_npz(paths.seg_logits("val") / f"{image_id}.npz")
+        assert saved["logits"].dtype == np.float16
+        assert saved["logits"].shape == (N_CLASSES, hp // 8 + 1, wp // 8 + 1)
+        assert tuple(saved["size"]) == (IMAGE_SIZE, IMAGE_SIZE)
+    # a second call finds every output and loads no model
+    monkeypatch.setattr(seg, "write_predictions", lambda *a, **k: pytest.fail("recomputed"))
+    assert seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)["miou"] == scores["miou"]
+
+
+def test_test_on_images_without_ground_truth(trained: Config, tmp_path: Path) -> None:
+    """The next round's training images: predictions, no scores."""
+    shutil.copytree(trained.data.root, tmp_path / "data")
+    for mask in (tmp_path / "data" / "SegmentationClass").glob("val_*.png"):
+        mask.unlink()
+    other = replace(trained, [f"data.root={tmp_path / 'data'}", f"run.out_dir={tmp_path / 'runs'}"])
+    model_path = round_paths(trained, 0).seg / "model.pt"
+    assert seg.test(other, 0, "val", model_path=model_path, log=lambda s: None) == {}
+    for image_id in seg.build_dataset(other.data, "val").ids:
+        labels = load_label_png(round_paths(other, 0).seg_pred("val") / f"{image_id}.png")
+        assert labels.shape == (IMAGE_SIZE, IMAGE_SIZE) and labels.max() < N_CLASSES
+    assert not round_paths(other, 0).metrics.exists()
+
+
+# -- CRF ----------------------------------------------------------------------------------------
+
+
+def test_crf_snaps_a_blurred_prediction_to_the_colour_edge(tmp_path: Path) -> None:
+    root, size = tmp_path / "two", (36, 44)
+    gt = np.zeros(size, np.uint8)
+    gt[:, 20:] = 1
+    image = np.where(gt[..., None] == 1, np.array([30, 60, 220], np.uint8), np.array([220, 60, 30], np.uint8))
+    for image_id in ("a", "b"):
+        save_rgb(root / "JPEGImages" / f"{image_id}.jpg", image.astype(np.uint8), quality=100)
+        save_label_png(root / "SegmentationClass" / f"{image_id}.png", gt)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a\nb\n")
+    cfg = seg_config(tmp_path, "data.dataset=voc12", f"data.root={root}")
+    # blurred logits: a soft ramp whose 50% point sits 6 pixels right of the true edge
+    hp, wp = padded_size(size)
+    xs = (np.arange(wp // 8 + 1) * 8.0)[None, :].repeat(hp // 8 + 1, 0)
+    fg = (xs - 26.0) / 6.0
+    logits = torch.from_numpy(np.stack([-fg, fg]).astype(np.float32))
+    paths = round_paths(cfg, 0)
+    for image_id in ("a", "b"):
+        seg.save_logits(paths.seg_logits("val") / f"{image_id}.npz", logits, size)
+    before = ConfusionMatrix(["background", "thing"])
+    blurred = logits_to_probs(logits.half().float(), size).argmax(0).numpy()
+    before.update(blurred, gt)
+    after = seg.crf(cfg, 0, "val", workers=2, log=lambda s: None)
+    assert after["miou"] > before.scores()["miou"] + 0.1
+    assert load_json(paths.metrics)["seg_val_crf"]["miou"] == after["miou"]
+    assert load_label_png(paths.seg_pred("val_crf") / "a.png").shape == size
+
+
+# -- Predictor ----------------------------------------------------------------------------------
+
+
+def test_predictor_labels_at_the_input_size(trained: Config) -> None:
+    predictor = Predictor(trained, round_paths(trained, 0).seg / "model.pt")
+    dataset = seg.build_dataset(trained.data, "val")
+    assert predictor.class_names == ["background", *dataset.class_names]
+    image_id = dataset.ids[0]
+    image = dataset.image(image_id)
+    labels, probs = predictor.predict(image)
+    assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
+    assert probs.shape == (N_CLASSES, *image.shape[:2]) and np.allclose(probs.sum(0), 1, atol=1e-4)
+    seg.test(trained, 0, "val", log=lambda s: None)  # the stage and the Predictor agree pixel for pixel
+    assert np.array_equal(labels, load_label_png(round_paths(trained, 0).seg_pred("val") / f"{image_id}.png"))
+    labels_resized, probs_crf = predictor.predict(image, resize=True, crf=True)
+    assert labels_resized.shape == image.shape[:2] and probs_crf.shape == probs.shape
+    with pytest.raises(ContaError, match="uint8"):
+        predictor.predict(image.astype(np.float32))
