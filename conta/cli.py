@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _stage(sub, "run", "run the whole pipeline: round 0 (baseline) and CONTA rounds 1..T, then the report",
            _cmd_run, extra=_run_args)
+    _add_cam_commands(sub)
 
     data = sub.add_parser("data", help="datasets: generate the synthetic default, check a dataset")
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND")
@@ -102,6 +103,46 @@ def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.rounds import run_pipeline
 
     return run_pipeline(cfg, control=args.control, with_controls=args.with_controls)
+
+
+def _add_cam_commands(sub: argparse._SubParsersAction) -> None:
+    cam = sub.add_parser("cam", help="stage 1: the CAM classifier (train, infer, eval, show)")
+    cam_sub = cam.add_subparsers(title="cam commands", metavar="COMMAND")
+    _stage(cam_sub, "train", "train the round's multi-label classifier (resumes after an interruption)",
+           _cmd_cam).set_defaults(cam_step="train")
+    _stage(cam_sub, "infer", "multi-scale + flip CAMs of every image of data.infer_split",
+           _cmd_cam).set_defaults(cam_step="infer")
+    _stage(cam_sub, "eval", "CAM mIoU on data.eval_split: threshold sweep, trivial baselines, leakage",
+           _cmd_cam).set_defaults(cam_step="eval")
+    _stage(cam_sub, "show", "a PNG of one image with its CAMs", _cmd_cam_show, extra=_cam_show_args)
+
+
+def _cmd_cam(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages import cam
+    from conta.stages.rounds import context_for_round, round_config
+
+    rcfg = round_config(cfg, args.round)
+    if args.cam_step == "eval":
+        cam.evaluate(rcfg, args.round)
+        return 0
+    provider, module = context_for_round(rcfg, args.round)
+    step = cam.train if args.cam_step == "train" else cam.infer
+    step(rcfg, args.round, context_provider=provider, context_module=module)
+    return 0
+
+
+def _cam_show_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id", required=True, dest="image_id", help="image id (of data.infer_split)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: round_<t>/cam/show_<id>.png)")
+
+
+def _cmd_cam_show(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages import cam
+    from conta.stages.paths import round_paths
+
+    out = args.out or round_paths(cfg, args.round).cam / f"show_{args.image_id}.png"
+    cam.show(cfg, args.round, args.image_id, out)
+    return 0
 
 
 def _synth_args(p: argparse.ArgumentParser) -> None:

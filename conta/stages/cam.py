@@ -1,0 +1,422 @@
+"""Stage 1: the CAM classifier, IRNet's train_cam / make_cam / eval_cam (spec 2).
+
+    round_<t>/cam/checkpoint.pt   whole training state after every epoch (resume)
+    round_<t>/cam/model.pt        {"model": weights, "meta": how to rebuild the network}
+    round_<t>/cam/maps/<id>.npz   keys (int64, 0-based tagged classes), cam (float16,
+                                  K x ceil(H/4) x ceil(W/4), max-normalised), high_res (float16,
+                                  K x H x W, only with cam.save_high_res)
+    round_<t>/metrics.json        sections "cam_train" (per-epoch log) and "cam" (scores)
+
+Optimiser: SGD with an explicit momentum (cam.momentum). IRNet's PolyOptimizer passed its weight
+decay in SGD's positional momentum slot, so the published IRNet and CONTA numbers were produced
+with momentum 1e-4, in effect none: the default 0.0 reproduces them, 0.9 is the textbook value
+(spec 2.4, 9 #1).
+
+Context (CONTA rounds t >= 1): `context_provider(image_id)` returns the image's context input,
+an hc x wc float32 map (e.g. the previous round's foreground X_m; it is also asked for validation
+images). The optional `context_module` turns a (B, 1, hc, wc) batch of those into M inside the
+classifier's forward pass, so it trains with the classifier and is saved in model.pt; without a
+module the provided map is M itself (the "mask" control). The map is treated as part of the
+image: in training it is resized, flipped and cropped with the image and then brought back to
+hc x wc; at test time it is flipped with the image. Where M enters is `conta.inject_at`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from conta.config import CamConfig, Config
+from conta.data.build import build_dataset, ensure_dataset
+from conta.data.palette import IGNORE_INDEX
+from conta.data.transforms import (normalize, random_crop, random_hflip, resize, resize_long_side,
+                                   sample_rng, to_chw)
+from conta.data.voc import VOCLayoutDataset
+from conta.engine.checkpoint import load_checkpoint, load_model_weights
+from conta.engine.device import resolve_device, seed_everything
+from conta.engine.loop import EpochTraining, ValidateFn, steps_per_epoch, train_epochs
+from conta.engine.schedule import PolySchedule
+from conta.errors import ContaError, DataError
+from conta.eval.metrics import ConfusionMatrix, format_table
+from conta.io import atomic_path, load_npz, save_npz, save_rgb
+from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics
+from conta.models.resnet import resnet
+from conta.models.weights import load_backbone_weights
+from conta.ops.cam_fusion import multiscale_cam, select_classes, upsample_cam
+from conta.progress import progress
+from conta.stages.paths import RoundPaths, round_paths, update_metrics
+from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
+
+ContextProvider = Callable[[str], np.ndarray]
+"""image id -> (hc, wc) float32 context input of the intervened classifier."""
+
+Log = Callable[[str], None]
+MODEL_FILE = "model.pt"
+CALIBRATION_IMAGES = 32
+
+
+# -- model files -------------------------------------------------------------------------------
+
+
+def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
+                  pretrained: str | None = None, log: Log = print) -> CamNet:
+    """The network `meta` describes (arch, width, strides, dilations, n_classes, context_at);
+    ImageNet weights go into the backbone before any context channel is added."""
+    backbone = resnet(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
+    if pretrained:
+        log(f"cam backbone: {load_backbone_weights(backbone, pretrained, meta['arch'], 'cam.backbone.pretrained')}")
+    return CamNet(backbone, meta["n_classes"], meta["context_at"], context_module)
+
+
+def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> CamNet:
+    """Rebuild a trained classifier from model.pt; a context module must be passed again (same
+    structure) because only its weights are stored."""
+    meta = load_checkpoint(path)["meta"]
+    if (meta["context_module"] is None) != (context_module is None):
+        raise ContaError(f"{path}: trained with context module {meta['context_module']!r}, "
+                         f"given {type(context_module).__name__ if context_module is not None else None!r}")
+    model = build_cam_net(meta, context_module)
+    load_model_weights(model, path)
+    return model
+
+
+# -- training ----------------------------------------------------------------------------------
+
+
+class CamTrainSet(Dataset):
+    """Augmented training samples (spec 2.5): random long side in [lo, hi] (bicubic), ImageNet
+    normalisation, horizontal flip, random crop padded with 0. Every random choice comes from
+    (seed, epoch, index), so training resumes exactly."""
+
+    def __init__(self, data: VOCLayoutDataset, cam: CamConfig, seed: int,
+                 provider: ContextProvider | None = None) -> None:
+        self.data, self.cam, self.seed, self.provider = data, cam, seed, provider
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_id = self.data.ids[index]
+        rng = sample_rng(self.seed, self.epoch, index)
+        image = self.data.image(image_id)
+        native = context = None
+        if self.provider is not None:
+            native = provided_map(self.provider, image_id)
+            context = resize(native, image.shape[:2], Image.BILINEAR)
+        lo, hi = self.cam.resize_long
+        long_side = int(rng.integers(lo, hi + 1))
+        image = resize_long_side(image, long_side)
+        if context is not None:
+            context = resize_long_side(context, long_side, Image.BILINEAR)
+        image, context = random_hflip(normalize(image), context, rng)
+        image, context = random_crop(image, context, self.cam.crop_size, rng, label_fill=0)
+        sample = {"image": torch.from_numpy(to_chw(image)), "label": torch.from_numpy(self.data.tags(image_id))}
+        if context is not None:
+            sample["context"] = torch.tensor(resize(context, native.shape, Image.BILINEAR))[None]
+        return sample
+
+
+def provided_map(provider: ContextProvider, image_id: str) -> np.ndarray:
+    """The provider's map for one image as contiguous (hc, wc) float32."""
+    m = np.ascontiguousarray(provider(image_id), dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"context provider returned shape {m.shape} for {image_id}; expected (hc, wc)")
+    return m
+
+
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """IRNet's multilabel soft-margin loss (sigmoid BCE averaged over classes and batch)."""
+    logits = model(batch["image"], batch.get("context"))
+    return F.multilabel_soft_margin_loss(logits, batch["label"]), {}
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class AP over the images (N x C scores and 0/1 labels): the mean, over the positives,
+    of the precision at each positive's rank. Ties keep image order; a class with no positive
+    image gets NaN."""
+    ap = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        hits = labels[np.argsort(-scores[:, c], kind="stable"), c] > 0
+        if hits.any():
+            precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            ap[c] = precision[hits].mean()
+    return ap
+
+
+def _validation(data: VOCLayoutDataset, provider: ContextProvider | None,
+                device: torch.device) -> ValidateFn:
+    """Mean loss and mAP of whole (unaugmented) images, one at a time since sizes differ."""
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        losses, scores = [], []
+        for image_id in data.ids:
+            x = torch.from_numpy(to_chw(normalize(data.image(image_id))))[None].to(device)
+            m = torch.from_numpy(provided_map(provider, image_id))[None, None].to(device) if provider else None
+            logits = model(x, m)
+            y = torch.from_numpy(data.tags(image_id))[None].to(device)
+            losses.append(F.multilabel_soft_margin_loss(logits, y).item())
+            scores.append(logits[0].float().cpu().numpy())
+        ap = average_precision(np.stack(scores), data.tag_matrix())
+        return {"loss": float(np.mean(losses)), "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
+
+    return validate
+
+
+def _calibrate(model: CamNet, samples: CamTrainSet, device: torch.device, log: Log) -> None:
+    """A random backbone's frozen BN statistics, estimated from the first training samples."""
+    batch = [samples[i] for i in range(min(len(samples), CALIBRATION_IMAGES))]
+    x = torch.stack([b["image"] for b in batch]).to(device)
+    m = torch.stack([b["context"] for b in batch]).to(device) if "context" in batch[0] else None
+    n = calibrate_bn_statistics(model, x, m)
+    log(f"cam backbone: random initialisation (cam.backbone.pretrained is null); "
+        f"statistics of its {n} BN layers estimated from {len(batch)} training images")
+
+
+def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
+          context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
+    """Train round t's classifier (resuming from its checkpoint) and write cam/model.pt."""
+    paths = round_paths(cfg, t)
+    model_path = paths.cam / MODEL_FILE
+    if model_path.is_file():
+        log(f"cam train: {model_path} exists; skipping")
+        return model_path
+    if context_module is not None and context_provider is None:
+        raise ContaError("cam train: a context module needs a context provider (its input maps)")
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    ensure_dataset(cfg.data, log=log)
+    data = build_dataset(cfg.data, cfg.data.train_split)
+    context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
+    bb = cfg.cam.backbone
+    meta = {"arch": bb.arch, "width": bb.width, "strides": list(bb.strides), "dilations": list(bb.dilations),
+            "n_classes": data.n_classes, "class_names": list(data.class_names), "context_at": context_at,
+            "context_module": type(context_module).__name__ if context_module is not None else None}
+    model = build_cam_net(meta, context_module, bb.pretrained, log)
+    device = resolve_device(cfg.run.device)
+    model.to(device)
+    train_set = CamTrainSet(data, cfg.cam, cfg.run.seed, context_provider)
+    if not bb.pretrained:
+        _calibrate(model, train_set, device, log)
+    optimizer = torch.optim.SGD(model.param_groups(cfg.cam.head_lr_mult), lr=cfg.cam.lr,
+                                momentum=cfg.cam.momentum, weight_decay=cfg.cam.weight_decay)
+    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last) * plan.epochs
+    schedule = PolySchedule(optimizer, cfg.cam.lr, max_step, cfg.cam.poly_power)
+    validate = None
+    if cfg.data.val_splits:
+        validate = _validation(build_dataset(cfg.data, cfg.data.val_splits[0]), context_provider, device)
+    started = time.perf_counter()
+    history = train_epochs(model, optimizer, schedule, train_set, classification_loss, plan,
+                           paths.cam / "checkpoint.pt", device, desc=f"cam r{t}", validate=validate, log=log)
+    seconds = time.perf_counter() - started
+    update_metrics(paths.metrics, "cam_train", {
+        "epochs": history, "session_seconds": seconds, "max_step": max_step, "context_at": context_at,
+        "val_split": cfg.data.val_splits[0] if cfg.data.val_splits else None})
+    with atomic_path(model_path) as tmp:  # written last: its presence means "trained"
+        torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    log(f"cam train: {model_path} written ({seconds:.1f} s this session)")
+    return model_path
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+
+def _map_path(paths: RoundPaths, image_id: str) -> Path:
+    return paths.cam_maps / f"{image_id}.npz"
+
+
+def cam_arrays(model: CamNet, image: np.ndarray, keys: np.ndarray, cam: CamConfig, device: torch.device,
+               context: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One image's npz content: multi-scale + flip CAMs of its tagged classes, max-normalised."""
+    x = torch.from_numpy(to_chw(normalize(image))).to(device)
+    m = torch.from_numpy(context)[None].to(device) if context is not None else None
+    strided = select_classes(multiscale_cam(model, x, cam.scales, cam.flip, m), keys)
+    arrays = {"keys": keys.astype(np.int64), "cam": strided.cpu().numpy().astype(np.float16)}
+    if cam.save_high_res:
+        arrays["high_res"] = upsample_cam(strided, image.shape[:2]).cpu().numpy().astype(np.float16)
+    return arrays
+
+
+def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
+          context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
+    """Write cam/maps/<id>.npz for every image of data.infer_split (existing files are kept)."""
+    paths = round_paths(cfg, t)
+    data = build_dataset(cfg.data, cfg.data.infer_split)
+    todo = [i for i in data.ids if not _map_path(paths, i).is_file()]
+    if not todo:
+        log(f"cam infer: all {len(data)} maps of {cfg.data.infer_split} exist in {paths.cam_maps}")
+        return paths.cam_maps
+    device = resolve_device(cfg.run.device)
+    model = load_cam_net(paths.cam / MODEL_FILE, context_module).to(device).eval()
+    if (model.context_at is None) != (context_provider is None):
+        raise ContaError(f"cam infer: the classifier of round {t} was trained "
+                         f"{'without' if model.context_at is None else 'with'} a context input; "
+                         f"the context provider must match")
+    started = time.perf_counter()
+    bar = progress(todo, total=len(todo), desc=f"cam maps r{t}")
+    for n, image_id in enumerate(bar, 1):
+        context = provided_map(context_provider, image_id) if context_provider else None
+        keys = np.flatnonzero(data.tags(image_id))
+        save_npz(_map_path(paths, image_id), **cam_arrays(model, data.image(image_id), keys, cfg.cam, device, context))
+        bar.set_postfix(img_s=f"{n / (time.perf_counter() - started):.1f}")
+    seconds = time.perf_counter() - started
+    log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({len(todo) / seconds:.1f} images/s) -> {paths.cam_maps}")
+    return paths.cam_maps
+
+
+def load_cam_map(paths: RoundPaths, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, full-resolution CAMs K x H x W float32) of one image, from its stored stride-4 maps."""
+    path = _map_path(paths, image_id)
+    if not path.is_file():
+        raise DataError(path, "CAM not found: run `conta cam infer` (and check data.infer_split covers this image)")
+    stored = load_npz(path)
+    cam = torch.from_numpy(stored["cam"].astype(np.float32))
+    return stored["keys"].astype(np.int64), upsample_cam(cam, size).numpy()
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass
+class Leakage:
+    """Share of class `source`'s CAM mass (sum of normalised values over non-ignore pixels) that
+    lies on ground-truth label `target`, averaged over images tagged with `source` (and with
+    `partner`, when given); `area` is the share of those pixels, i.e. what a uniform CAM scores."""
+
+    name: str
+    source: int
+    target: int
+    partner: int | None = None
+    share: float = 0.0
+    area: float = 0.0
+    images: int = 0
+
+    def update(self, keys: list[int], cams: np.ndarray, gt: np.ndarray) -> None:
+        if self.source not in keys or (self.partner is not None and self.partner not in keys):
+            return
+        valid = gt != IGNORE_INDEX
+        cam = cams[keys.index(self.source)]
+        mass = float(cam[valid].sum())
+        if mass <= 0:
+            return
+        on_target = gt == self.target
+        self.share += float(cam[on_target].sum()) / mass
+        self.area += float(on_target.sum()) / float(valid.sum())
+        self.images += 1
+
+    def result(self) -> dict:
+        n = max(self.images, 1)
+        return {"share": self.share / n if self.images else None, "area": self.area / n if self.images else None,
+                "images": self.images}
+
+
+def confounding_probes(cfg: Config, class_names: list[str]) -> list[Leakage]:
+    """Leakage probes for the synthetic data's known confounders: each co-occurring pair in both
+    directions (onto the partner's pixels) and each class with its context (onto background)."""
+    if cfg.data.dataset != "synthetic":
+        return []
+    index = {name: k for k, name in enumerate(class_names)}
+    probes = []
+    for pair in cfg.data.synth.pairs:
+        a, b = (index[c] for c in pair.classes)
+        probes += [Leakage(f"{pair.classes[0]} -> {pair.classes[1]}", a, b + 1, b),
+                   Leakage(f"{pair.classes[1]} -> {pair.classes[0]}", b, a + 1, a)]
+    for ctx in cfg.data.synth.contexts:
+        probes.append(Leakage(f"{ctx.cls} -> background ({ctx.background} context)", index[ctx.cls], 0))
+    return probes
+
+
+def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
+    """Score round t's CAMs on data.eval_split: mIoU at cam.eval_threshold, the threshold sweep,
+    two trivial baselines and, on synthetic data, the leakage onto known confounders.
+
+    Baselines: "all_background" labels every pixel 0; "tag_fill" labels every pixel of an image
+    with its lowest-index tagged class (all background without tags): the score of a CAM that
+    knows the tags and nothing about location.
+    """
+    paths = round_paths(cfg, t)
+    data = build_dataset(cfg.data, cfg.data.eval_split)
+    if not data.has_masks:
+        raise DataError(data.mask_dir, f"CAM evaluation needs ground-truth masks for split {cfg.data.eval_split}")
+    names = ["background", *data.class_names]
+    thresholds = sorted({*cfg.cam.sweep, cfg.cam.eval_threshold})
+    sweep = {thr: ConfusionMatrix(names) for thr in thresholds}
+    all_background, tag_fill = ConfusionMatrix(names), ConfusionMatrix(names)
+    probes = confounding_probes(cfg, data.class_names)
+    for image_id in progress(data.ids, total=len(data), desc=f"cam eval r{t}"):
+        gt = data.mask(image_id)
+        keys, cams = load_cam_map(paths, image_id, gt.shape)
+        values = np.concatenate([[0], keys + 1])
+        top = cams.max(axis=0) if len(keys) else np.zeros(gt.shape, np.float32)
+        best = values[1 + cams.argmax(axis=0)] if len(keys) else np.zeros(gt.shape, np.int64)
+        for thr, cm in sweep.items():  # argmax over [threshold plane, CAMs]; ties go to background
+            cm.update(np.where(top > thr, best, 0), gt)
+        all_background.update(np.zeros_like(gt), gt)
+        tag_fill.update(np.full_like(gt, values[1] if len(keys) else 0), gt)
+        for probe in probes:
+            probe.update(keys.tolist(), cams, gt)
+    scores = sweep[cfg.cam.eval_threshold].scores()
+    curve = [{"threshold": thr, "miou": cm.scores()["miou"]} for thr, cm in sweep.items()]
+    best_point = max(curve, key=lambda p: p["miou"])
+    result = {
+        "split": cfg.data.eval_split, "images": len(data), "threshold": cfg.cam.eval_threshold, **scores,
+        "sweep": curve, "best_threshold": best_point["threshold"], "best_miou": best_point["miou"],
+        "baselines": {"all_background": all_background.scores()["miou"], "tag_fill": tag_fill.scores()["miou"]},
+        "leakage": {p.name: p.result() for p in probes},
+    }
+    update_metrics(paths.metrics, "cam", result)
+    log(summary(result, t))
+    return result
+
+
+def summary(result: dict, t: int) -> str:
+    """The CAM scores as text: the per-class table, the sweep, baselines and leakage."""
+    pct = _percent
+    lines = [format_table(result, f"CAM round {t} on {result['split']} ({result['images']} images), "
+                                  f"threshold {result['threshold']:g} (IoU %)")]
+    lines.append("  sweep: " + "  ".join(f"{p['threshold']:g}:{pct(p['miou'])}" for p in result["sweep"]))
+    lines.append(f"  best threshold {result['best_threshold']:g}: mIoU {pct(result['best_miou'])}")
+    base = result["baselines"]
+    lines.append(f"  trivial baselines: all background {pct(base['all_background'])}, "
+                 f"tag fill {pct(base['tag_fill'])}")
+    for name, leak in result["leakage"].items():
+        lines.append(f"  leakage {name}: {pct(leak['share'])}% of the CAM mass "
+                     f"(uniform CAM: {pct(leak['area'])}%; {leak['images']} images)")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+# -- figure ------------------------------------------------------------------------------------
+
+
+def show(cfg: Config, t: int, image_id: str, out_path: Path, log: Log = print) -> Path:
+    """A PNG: the image, its ground truth when there is one, and one CAM overlay per tagged class."""
+    paths = round_paths(cfg, t)
+    data = build_dataset(cfg.data, cfg.data.infer_split)
+    if image_id not in data.ids:
+        raise ContaError(f"cam show: {image_id!r} is not in split {cfg.data.infer_split} (data.infer_split)")
+    image = data.image(image_id)
+    keys, cams = load_cam_map(paths, image_id, image.shape[:2])
+    panels = [caption(image, image_id)]
+    if data.mask_path(image_id).is_file():
+        mask = data.mask(image_id, image.shape[:2])
+        panels.append(caption(label_overlay(image, mask), "ground truth"))
+        panels.append(label_legend(mask, data.class_names))
+    panels += [caption(heatmap_overlay(image, cam), data.class_names[k]) for k, cam in zip(keys, cams)]
+    save_rgb(out_path, grid(panels))
+    log(f"cam show: {out_path}")
+    return out_path
