@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from _fixtures import VocFixture, make_voc_dataset
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Test tensors are tiny, so intra-op threads only add overhead; on a busy machine OpenMP's
+    spin-waiting made the CAM stage tests 30x slower with two threads than with one."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
