@@ -19,6 +19,7 @@ from conta.data.palette import IGNORE_INDEX
 from conta.errors import ContaError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, load_rgb, save_label_png, save_rgb
+from conta.models.resnet import resnet
 from conta.seg_predictor import Predictor, build_seg_model, logits_to_probs, model_meta, padded_size
 from conta.stages import seg
 from conta.stages.paths import round_paths
@@ -166,6 +167,26 @@ def test_tensorboard_events_hold_loss_lr_and_image(trained: Config) -> None:
     assert {"loss/train", "lr/backbone", "lr/aspp_weight", "lr/aspp_bias"} <= set(scalars)
     assert [e.step for e in events.Scalars("loss/train")] == [2, 4, 6]
     assert events.Tags()["images"] == ["train/image_pred_target"]
+
+
+def test_init_from_scratch_torchvision_or_conta_weights(trained: Config, tmp_path: Path) -> None:
+    trained_file = round_paths(trained, 0).seg / "model.pt"
+    scratch = torch.load(trained_file, weights_only=True)["model"]
+    assert not torch.allclose(scratch["base.backbone.bn1.running_var"], torch.ones(8))  # calibrated from data
+
+    torchvision_file = tmp_path / "resnet18.pth"
+    imagenet = resnet("resnet18", 8)
+    torch.save({**imagenet.state_dict(), "fc.weight": torch.zeros(10, 64), "fc.bias": torch.zeros(10)}, torchvision_file)
+    for source, expected, source_of in [(torchvision_file, "ASPP randomly initialised", imagenet.state_dict()),
+                                        (trained_file, "trunk and ASPP", None)]:
+        cfg = replace(trained, [f"seg.pretrained={source}"])
+        model = _tiny_model(N_CLASSES)
+        message = seg.init_weights(model, cfg.seg, seg.pretrained_meta(str(source)), lambda: pytest.fail("calibrated"))
+        assert expected in message
+        reference = source_of or {k.removeprefix("base.backbone."): v for k, v in scratch.items()}
+        for key, value in model.base.backbone.state_dict().items():
+            assert torch.equal(value, reference[key]), key
+    assert torch.equal(model.base.aspp.branches[0].weight, scratch["base.aspp.branches.0.weight"])
 
 
 def test_nan_loss_stops_with_the_iteration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,7 @@ from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
 from conta.models.convert import KINDS as CONVERTED_KINDS
+from conta.models.cam_net import calibrate_bn_statistics
 from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.models.weights import load_backbone_weights
@@ -135,35 +136,15 @@ def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
     """
     source = seg.pretrained
     if source is None:
+        # frozen BN keeps a random net's identity statistics, so activations are badly scaled and
+        # training from scratch stalls or diverges; estimate them from data instead
         images = sample_images()
-        calibrate_bn(model.base, images)
-        return f"seg.pretrained is null: random initialisation, BN statistics from {len(images)} training crops"
+        n = calibrate_bn_statistics(model.base, images)
+        return f"seg.pretrained is null: random initialisation, {n} BN layers' statistics from {len(images)} training crops"
     if source_meta is not None:
         return load_converted(model, source)
     report = load_backbone_weights(model.base.backbone, source, seg.arch, config_key="seg.pretrained")
     return f"backbone: {report}; ASPP randomly initialised"
-
-
-@torch.no_grad()
-def calibrate_bn(net: torch.nn.Module, images: torch.Tensor) -> None:
-    """Set each BN's running statistics to those of its input on `images`, layer after layer.
-
-    BN is frozen (spec 7.3), so a random network keeps the identity statistics (mean 0, var 1)
-    and its activations are badly scaled from layer to layer: from scratch, training then stalls
-    on background or diverges. One forward pass with pre-hooks normalises every layer given the
-    already-calibrated layers before it (a data-dependent initialisation).
-    """
-
-    def set_stats(bn: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        bn.running_mean.copy_(args[0].mean((0, 2, 3)))
-        bn.running_var.copy_(args[0].var((0, 2, 3), unbiased=False))
-
-    hooks = [m.register_forward_pre_hook(set_stats) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    try:
-        net(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def _stride_in_1x1(seg: SegConfig, meta: dict | None) -> bool:
