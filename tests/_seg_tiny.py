@@ -3,27 +3,13 @@ a handful of iterations on a 9-image synthetic dataset (generated on first use, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import torch
 
 from conta.config import Config, load_config
 from conta.seg_predictor import build_seg_model, model_meta, save_seg_model
 
 IMAGE_SIZE = 48
 N_CLASSES = 7  # background + the six synthetic classes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP barriers made
-    these tests ~6x slower (import this fixture into a test module to apply it there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def seg_config(out: Path, *overrides: str) -> Config:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _seg_tiny import one_thread, seg_config, untrained_model  # noqa: F401 (autouse fixture)
+from _seg_tiny import seg_config, untrained_model
 from PIL import Image
 
 from conta.cli import main

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _seg_tiny import IMAGE_SIZE, N_CLASSES, one_thread, seg_config  # noqa: F401 (autouse fixture)
+from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config
 from PIL import Image
 
 from conta.config import Config, replace
 from conta.data.palette import IGNORE_INDEX
 from conta.errors import ContaError
 from conta.eval.metrics import ConfusionMatrix
-from conta.io import load_json, load_label_png, load_npz, load_rgb, save_label_png, save_rgb
+from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
 from conta.models.resnet import resnet
 from conta.seg_predictor import Predictor, build_seg_model, logits_to_probs, model_meta, padded_size
 from conta.stages import seg
