@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
            _cmd_run, extra=_run_args)
     _add_cam_commands(sub)
 
+    _stage(sub, "pseudo-mask", "stages 2-4 of a round: seed labels, IRN training, random-walk pseudo-masks",
+           _cmd_pseudo_mask, extra=_pseudo_mask_args)
+    _stage(sub, "ir-label", "stage 2: seed labels (fg / bg / ignore) from the round's CAMs",
+           _cmd_pseudo_mask).set_defaults(steps="ir_label")
+    irn = sub.add_parser("irn", help="stage 3: the inter-pixel relation network")
+    irn_sub = irn.add_subparsers(title="irn commands", metavar="COMMAND")
+    _stage(irn_sub, "train", "train the IRN on the round's seed labels", _cmd_pseudo_mask).set_defaults(steps="irn")
+    _stage(sub, "random-walk", "stage 4: pseudo-masks by the random walk of CAMs on IRN boundaries",
+           _cmd_pseudo_mask).set_defaults(steps="pseudo_mask")
+
     data = sub.add_parser("data", help="datasets: generate the synthetic default, check a dataset")
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND")
     _stage(data_sub, "synth", "write the synthetic confounded dataset in VOC layout", _cmd_data_synth,
@@ -103,6 +113,18 @@ def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.rounds import run_pipeline
 
     return run_pipeline(cfg, control=args.control, with_controls=args.with_controls)
+
+
+def _pseudo_mask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", default="ir_label,irn,pseudo_mask",
+                   help="comma-separated steps to run, in pipeline order (default: ir_label,irn,pseudo_mask)")
+
+
+def _cmd_pseudo_mask(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.pseudo_mask import parse_steps, run_pseudo_mask_stages
+
+    run_pseudo_mask_stages(cfg, args.round, parse_steps(args.steps))
+    return 0
 
 
 def _add_cam_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,52 @@
+"""Per-image CPU work (dense CRF, the CPU random walk) spread over processes.
+
+Each job is independent and single-threaded at heart, so one process per core with one torch
+thread each beats torch's intra-op threads. Processes are spawned, not forked: the parent may hold
+CUDA state or torch threads from earlier stages, which a fork copies in a broken state.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+import torch
+
+from conta.progress import progress
+
+Job = TypeVar("Job")
+
+
+def run_parallel(fn: Callable[[Job], None], jobs: list[Job], workers: int, desc: str,
+                 setup: Callable[..., None] | None = None, setup_args: tuple = ()) -> None:
+    """`fn(job)` for every job: here for one worker, else in a pool of single-threaded processes.
+
+    `setup(*setup_args)` runs once per process before its jobs (in this process for one worker):
+    the place to load what all jobs share, e.g. a model. `fn`, `setup` and the jobs must be
+    picklable (top-level functions, plain data). The first failing job's error is raised and the
+    queued jobs are dropped.
+    """
+    if not jobs:
+        return
+    if workers <= 1 or len(jobs) == 1:
+        if setup is not None:
+            setup(*setup_args)
+        for job in progress(jobs, desc=desc):
+            fn(job)
+        return
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_process, initargs=(setup, setup_args))
+    try:
+        done = pool.map(fn, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+        for _ in progress(done, total=len(jobs), desc=desc):
+            pass
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _start_process(setup: Callable[..., None] | None, setup_args: tuple) -> None:
+    torch.set_num_threads(1)
+    if setup is not None:
+        setup(*setup_args)

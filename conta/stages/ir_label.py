@@ -1,0 +1,162 @@
+"""Stage 2: seed (IR) labels from the CAMs, IRNet's cam_to_ir_label (spec 3).
+
+A high threshold (fg_threshold) keeps only confident foreground and a low one (bg_threshold) only
+confident background; both maps are snapped to image edges by a dense CRF on the raw picture.
+Pixels that the two disagree on are ignored (255), so the IRN learns pixel relations only where
+the CAM is trustworthy. Images are independent CPU work, so they run in a process pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conta.config import Config, IrLabelConfig
+from conta.data.build import build_dataset
+from conta.data.palette import IGNORE_INDEX, voc_palette
+from conta.data.voc import VOCLayoutDataset
+from conta.engine.parallel import run_parallel
+from conta.errors import DataError
+from conta.eval.metrics import ConfusionMatrix
+from conta.io import load_label_png, load_npz, load_rgb, save_label_png
+from conta.ops.cam_fusion import strided_size, upsample_cam
+from conta.ops.crf import crf_refine_labels
+from conta.stages.paths import round_paths, update_metrics, write_done_marker
+
+
+@dataclass(frozen=True)
+class CamRecord:
+    """One image's stored CAM (spec 2.6): tagged classes and their stride-4 maps.
+
+    A stored `high_res` is not used: full-resolution maps are always the strided ones upsampled
+    (`upsample_cam`), so seeds agree with the CAM evaluation whether or not it was saved.
+    """
+
+    keys: np.ndarray                 # (K,) int64 0-based class indices
+    cam: np.ndarray                  # (K, ceil(H/4), ceil(W/4)) float32, max-normalised
+
+    @property
+    def label_values(self) -> np.ndarray:
+        """Label value of each argmax index over [background plane, CAMs]: 0, keys + 1."""
+        return np.concatenate([[0], self.keys + 1]).astype(np.uint8)
+
+    def full_res(self, size: tuple[int, int]) -> np.ndarray:
+        return upsample_cam(torch.from_numpy(self.cam), size).numpy()
+
+
+def read_cam(path: Path, size: tuple[int, int]) -> CamRecord:
+    """Load `<id>.npz` and check its grid against the H x W image it belongs to."""
+    data = load_npz(path)
+    if "keys" not in data or "cam" not in data:
+        raise DataError(path, "CAM file needs the arrays 'keys' and 'cam'")
+    keys = data["keys"].astype(np.int64).reshape(-1)
+    cam = data["cam"].astype(np.float32)
+    expected = (len(keys), *strided_size(*size))
+    if cam.shape != expected:
+        raise DataError(path, f"cam has shape {cam.shape}, expected {expected} for a {size[0]} x {size[1]} image")
+    return CamRecord(keys, cam)
+
+
+def threshold_argmax(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Argmax over [a constant background plane, scores]: 0 = background, k = scores[k - 1]."""
+    plane = np.full((1, *scores.shape[1:]), threshold, dtype=scores.dtype)
+    return np.concatenate([plane, scores]).argmax(axis=0)
+
+
+def seed_label(image: np.ndarray, cams: np.ndarray, label_values: np.ndarray, cfg: IrLabelConfig) -> np.ndarray:
+    """H x W uint8 seeds from full-resolution CAMs (K, H, W): class, 0 = sure background, 255 = unsure."""
+    fg = _confident(image, cams, cfg.fg_threshold, cfg)
+    bg = _confident(image, cams, cfg.bg_threshold, cfg)
+    label = label_values[fg]
+    label[fg == 0] = IGNORE_INDEX
+    label[(fg == 0) & (bg == 0)] = 0
+    return label
+
+
+def _confident(image: np.ndarray, cams: np.ndarray, threshold: float, cfg: IrLabelConfig) -> np.ndarray:
+    index = threshold_argmax(cams, threshold)
+    if cfg.crf.enabled and len(cams) > 0:  # with no tagged class there is nothing to refine
+        index = crf_refine_labels(image, index, len(cams) + 1, cfg.crf)
+    return index
+
+
+def _seed_one(job: tuple[Path, Path, Path, IrLabelConfig]) -> None:
+    """Worker: one image from its files to its seed PNG (top level, so a process pool can call it)."""
+    image_path, cam_path, out_path, cfg = job
+    image = load_rgb(image_path)
+    record = read_cam(cam_path, image.shape[:2])
+    label = seed_label(image, record.full_res(image.shape[:2]), record.label_values, cfg)
+    save_label_png(out_path, label, voc_palette())
+
+
+def require_cams(cam_dir: Path, ids: list[str]) -> None:
+    """Fail before any work when CAMs are missing, naming the command that makes them."""
+    missing = [i for i in ids if not (cam_dir / f"{i}.npz").is_file()]
+    if missing:
+        raise DataError(cam_dir / f"{missing[0]}.npz", f"CAM missing for {len(missing)} images; run `conta cam infer` first")
+
+
+def scored_ids(dataset: VOCLayoutDataset, pred_dir: Path) -> list[str]:
+    """Ids of `dataset` with both a ground-truth mask and a prediction in `pred_dir` (VOC's
+    train_aug has masks for a subset; COCO's are made on demand, so `has_masks` covers all)."""
+    with_gt = dataset.ids if dataset.has_masks else [i for i in dataset.ids if dataset.mask_path(i).is_file()]
+    return [i for i in with_gt if (pred_dir / f"{i}.png").is_file()]
+
+
+def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
+    """Write round_<t>/ir_label/<id>.png for every infer-split image (existing files are kept),
+    then score the seeds on the eval split; returns the metrics stored under "ir_label"."""
+    paths = round_paths(cfg, t)
+    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    todo = [i for i in dataset.ids if not (paths.ir_label / f"{i}.png").is_file()]
+    require_cams(paths.cam_maps, todo)
+    workers = cfg.ir_label.workers or os.cpu_count() or 1
+    log(f"ir labels: {len(todo)} to make, {len(dataset) - len(todo)} already done, {workers} workers, "
+        f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}")
+    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label) for i in todo]
+    run_parallel(_seed_one, jobs, workers, "ir labels")
+    write_done_marker(paths.ir_label, {"images": len(dataset)})
+    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
+    ids = scored_ids(eval_set, paths.ir_label)
+    if not ids:
+        log(f"ir labels: no ground truth for split {cfg.data.eval_split}; not scored")
+        return {}
+    metrics = score_seeds(eval_set, ids, paths.ir_label)
+    update_metrics(paths.metrics, "ir_label", metrics)
+    log(f"ir labels [{cfg.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
+        f"recall {metrics['recall']:.4f}  coverage {metrics['coverage']:.4f}  ignored {metrics['ignored_fraction']:.4f}")
+    return metrics
+
+
+def score_seeds(dataset: VOCLayoutDataset, ids: list[str], seed_dir: Path) -> dict:
+    """Seed quality against ground truth (GT 255 pixels skipped).
+
+    precision: correct / non-ignored seed pixels; coverage: non-ignored seeds / GT pixels;
+    recall: correct / GT pixels; ignored_fraction: 255 seeds / all seed pixels.
+    """
+    cm = ConfusionMatrix(["background"] + dataset.class_names)
+    ignored = total = 0
+    for image_id in ids:
+        seed = load_label_png(seed_dir / f"{image_id}.png")
+        cm.update(seed, dataset.mask(image_id, seed.shape))
+        ignored += int((seed == IGNORE_INDEX).sum())
+        total += seed.size
+    labelled = cm.counts[:, : cm.n]            # GT-labelled pixels that got a real seed
+    correct = np.diag(labelled).astype(np.float64)
+    per_seed = labelled.sum(axis=0)
+    gt_pixels = max(int(cm.counts.sum()), 1)
+    return {
+        "images": len(ids),
+        "precision": float(correct.sum() / max(int(per_seed.sum()), 1)),
+        "recall": float(correct.sum() / gt_pixels),
+        "coverage": float(per_seed.sum() / gt_pixels),
+        "ignored_fraction": ignored / max(total, 1),
+        "per_class_precision": {
+            name: (float(c / n) if n else None) for name, c, n in zip(cm.class_names, correct, per_seed)
+        },
+    }

@@ -1,0 +1,170 @@
+"""Stage 3: train the inter-pixel relation network on the seed labels (IRNet's train_irn, spec 4).
+
+The IRN gets its own ImageNet backbone (not the classifier's), frozen; only the boundary and
+displacement branches learn, from pixel pairs whose seeds agree (same class = high affinity,
+different class = a boundary between them). Pairs come from a path index over the crop's stride-4
+grid. A finished `irn/model.pt` means the stage is done; an interrupted run resumes from
+`irn/checkpoint.pt` at the last finished epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from conta.config import BackboneConfig, Config, IrnConfig
+from conta.data.build import build_dataset
+from conta.data.transforms import normalize, random_crop, random_hflip, rescale, sample_rng, to_chw
+from conta.data.voc import VOCLayoutDataset
+from conta.engine.checkpoint import load_model_weights, save_checkpoint
+from conta.engine.device import resolve_device, seed_everything
+from conta.engine.loop import EpochTraining, steps_per_epoch, train_epochs
+from conta.engine.schedule import PolySchedule
+from conta.errors import ConfigError, ContaError
+from conta.io import load_label_png
+from conta.models.cam_net import calibrate_bn_statistics
+from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
+from conta.models.resnet import resnet
+from conta.models.weights import load_backbone_weights
+from conta.ops.path_index import PathIndex
+from conta.progress import progress
+from conta.stages.paths import read_metrics, round_paths, update_metrics
+
+CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 RGB to the IRN's (3, H, W) ImageNet-normalised input."""
+    return torch.from_numpy(to_chw(normalize(image)))
+
+
+class IrnTrainDataset(Dataset):
+    """(image crop, stride-4 seed label) pairs; augmentation is a function of (seed, epoch, index).
+
+    Random rescale (image bicubic, label nearest), normalisation, flip, a crop_size crop (image
+    padded with 0 = the mean colour, label with 255), and the label reduced x0.25 (nearest) to
+    the grid of the IRN's outputs.
+    """
+
+    def __init__(self, dataset: VOCLayoutDataset, ids: list[str], label_dir: Path, cfg: IrnConfig, seed: int) -> None:
+        self.dataset = dataset
+        self.ids = ids
+        self.label_dir = label_dir
+        self.cfg = cfg
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_id = self.ids[index]
+        rng = sample_rng(self.seed, self.epoch, index)
+        image = self.dataset.image(image_id)
+        label = load_label_png(self.label_dir / f"{image_id}.png")
+        scale = float(rng.uniform(*self.cfg.scale_range))
+        image, label = rescale(image, scale), rescale(label, scale, Image.NEAREST)
+        image, label = random_hflip(normalize(image), label, rng)
+        image, label = random_crop(image, label, self.cfg.crop_size, rng)
+        label = rescale(label, 0.25, Image.NEAREST)
+        return {"image": torch.from_numpy(to_chw(image)), "label": torch.tensor(label)}  # PIL arrays are read-only
+
+
+def build_irn(backbone: BackboneConfig, pretrained: bool = True, log: Callable[[str], None] = print) -> IRN:
+    """An IRN on a fresh backbone; `pretrained` loads the configured ImageNet weights into it."""
+    net = resnet(backbone.arch, backbone.width, backbone.strides, backbone.dilations)
+    if pretrained and backbone.pretrained:
+        log(f"irn backbone: {load_backbone_weights(net, backbone.pretrained, backbone.arch, 'irn.backbone.pretrained')}")
+    return IRN(net)
+
+
+def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
+    """The trained IRN of round t, loaded strictly, in eval mode on `device`."""
+    path = round_paths(cfg, t).irn / "model.pt"
+    if not path.is_file():
+        raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
+    model = build_irn(cfg.irn.backbone, pretrained=False)
+    load_model_weights(model, path)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], device: torch.device) -> torch.Tensor:
+    """Mean raw displacement (dy, dx) over whole images in eval mode, which inference subtracts."""
+    model.displacement_mean.zero_()
+    total = torch.zeros(2, dtype=torch.float64)
+    for image_id in progress(ids, desc="irn displacement mean"):
+        _, displacement = infer_boundary_displacement(model, image_tensor(dataset.image(image_id)).to(device))
+        total += displacement.mean(dim=(1, 2)).double().cpu()
+    return (total / max(len(ids), 1)).float()
+
+
+def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: Callable[[str], None]) -> None:
+    """A random backbone's frozen BN statistics, estimated from the first training crops.
+
+    With the (0, 1) statistics of a fresh network its BNs do not normalise and the deeper
+    stages' features are badly scaled; ImageNet weights bring their own statistics instead.
+    """
+    images = torch.stack([samples[i]["image"] for i in range(min(len(samples), CALIBRATION_IMAGES))]).to(device)
+    n = calibrate_bn_statistics(model.backbone, images)
+    log(f"irn backbone: random initialisation (irn.backbone.pretrained is null); "
+        f"statistics of its {n} BN layers estimated from {len(images)} training crops")
+
+
+def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[dict]:
+    """Train round t's IRN on the train-split images that have seed labels; returns the per-epoch
+    losses (also stored as metrics.json "irn_train"). Skipped when irn/model.pt exists."""
+    paths = round_paths(cfg, t)
+    model_path = paths.irn / "model.pt"
+    if model_path.is_file():
+        log(f"irn: {model_path} exists, training skipped")
+        return read_metrics(paths.metrics).get("irn_train", [])
+    if cfg.irn.crop_size % PAD_MULTIPLE:
+        raise ConfigError(f"irn.crop_size: must be a multiple of {PAD_MULTIPLE} (the IRN's input stride), got {cfg.irn.crop_size}")
+    dataset = build_dataset(cfg.data, cfg.data.train_split)
+    ids = [i for i in dataset.ids if (paths.ir_label / f"{i}.png").is_file()]
+    if not ids:
+        raise ContaError(f"{paths.ir_label}: no seed labels for split {cfg.data.train_split}; run `conta ir-label` first")
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
+    model = build_irn(cfg.irn.backbone, log=log).to(device)
+    if not cfg.irn.backbone.pretrained:
+        _calibrate(model, train_set, device, log)
+    optimizer = torch.optim.SGD(
+        [{"params": list(model.boundary_head.parameters()), "lr_mult": 1.0},
+         {"params": list(model.displacement_head.parameters()), "lr_mult": cfg.irn.displacement_lr_mult}],
+        lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
+    )
+    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    max_step = steps_per_epoch(len(train_set), plan.batch_size, plan.drop_last) * plan.epochs
+    schedule = PolySchedule(optimizer, cfg.irn.lr, max_step, cfg.irn.poly_power)
+    grid = cfg.irn.crop_size // 4
+    index = PathIndex(cfg.irn.radius, (grid, grid))
+    log(f"irn: {len(ids)} images, {max_step} steps, radius {cfg.irn.radius} on the {grid} x {grid} grid "
+        f"({index.n_offsets} offsets x {index.n_src} sources), device {device}")
+
+    def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = irn_losses(net(batch["image"]), batch["label"], index, dataset.n_classes)
+        total = losses.pop("total")
+        return total, {name: value.item() for name, value in losses.items()}
+
+    checkpoint = paths.irn / "checkpoint.pt"
+    history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
+    model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device))
+    save_checkpoint(model_path, model=model.state_dict(), meta={
+        "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,
+        "images": len(ids), "steps": max_step, "displacement_mean": model.displacement_mean.tolist(),
+    })
+    checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent
+    update_metrics(paths.metrics, "irn_train", history)
+    log(f"irn: model written to {model_path} (displacement mean {[round(v, 4) for v in model.displacement_mean.tolist()]})")
+    return history

@@ -1,0 +1,124 @@
+"""Stage 4: pseudo-masks by a random walk of the CAMs on IRN boundaries (IRNet's make_sem_seg_labels, spec 5).
+
+The CAM is sharp where it fires but incomplete; the walk spreads each class's score within the
+regions the IRN's boundaries enclose, so masks fill objects without crossing into neighbours.
+Also hosts the driver of stages 2-4 (IRNet's run_sample.py without the instance steps).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conta.config import Config, PseudoMaskConfig
+from conta.data.build import build_dataset
+from conta.data.palette import voc_palette
+from conta.engine.device import resolve_device
+from conta.engine.parallel import run_parallel
+from conta.errors import ConfigError
+from conta.eval.evaluate import score_predictions
+from conta.eval.metrics import format_table
+from conta.io import load_label_png, load_rgb, save_label_png
+from conta.models.irn import IRN, infer_boundary_displacement
+from conta.ops.cam_fusion import upsample_cam
+from conta.ops.random_walk import propagate
+from conta.stages.ir_label import CamRecord, make_ir_labels, read_cam, require_cams, scored_ids, threshold_argmax
+from conta.stages.irn import image_tensor, load_irn, train_irn
+from conta.stages.paths import round_paths, update_metrics, write_done_marker
+
+STEPS = ("ir_label", "irn", "pseudo_mask")
+
+
+@torch.no_grad()
+def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMaskConfig,
+                device: torch.device) -> np.ndarray:
+    """H x W uint8 labels 0..C for one image: walk the strided CAMs, upsample, global-max
+    normalise, then argmax against a constant background score."""
+    size = image.shape[:2]
+    if len(record.keys) == 0:
+        return np.zeros(size, np.uint8)
+    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device))
+    walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times)
+    scores = upsample_cam(walked, size)
+    scores = (scores / scores.max().clamp_min(1e-5)).cpu().numpy()
+    return record.label_values[threshold_argmax(scores, cfg.bg_threshold)]
+
+
+_walker: dict = {}  # what every job of this process shares: set once by _start_walker
+
+
+def _start_walker(cfg: Config, t: int) -> None:
+    device = resolve_device(cfg.run.device)
+    _walker.update(model=load_irn(cfg, t, device), cfg=cfg.pseudo_mask, device=device)
+
+
+def _walk_one(job: tuple[Path, Path, Path]) -> None:
+    image_path, cam_path, out_path = job
+    image = load_rgb(image_path)
+    record = read_cam(cam_path, image.shape[:2])
+    label = pseudo_mask(_walker["model"], image, record, _walker["cfg"], _walker["device"])
+    save_label_png(out_path, label, voc_palette())
+
+
+def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
+    """Write round_<t>/pseudo_mask/<id>.png for every infer-split image (existing files are kept),
+    then score them on the eval split; returns the scores stored under "pseudo_mask".
+
+    On a GPU one process walks every image; on the CPU the single-threaded walk runs in
+    pseudo_mask.workers processes (0 = one per core).
+    """
+    paths = round_paths(cfg, t)
+    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    todo = [i for i in dataset.ids if not (paths.pseudo_mask / f"{i}.png").is_file()]
+    require_cams(paths.cam_maps, todo)
+    on_cpu = resolve_device(cfg.run.device).type == "cpu"
+    workers = (cfg.pseudo_mask.workers or os.cpu_count() or 1) if on_cpu else 1
+    log(f"pseudo-masks: {len(todo)} to make, {len(dataset) - len(todo)} already done, {workers} workers")
+    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.pseudo_mask / f"{i}.png") for i in todo]
+    run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))
+    write_done_marker(paths.pseudo_mask, {"images": len(dataset)})
+    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
+    ids = scored_ids(eval_set, paths.pseudo_mask)
+    if not ids:
+        log(f"pseudo-masks: no ground truth for split {cfg.data.eval_split}; not scored")
+        return {}
+    scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"))
+    scores["images"] = len(ids)
+    update_metrics(paths.metrics, "pseudo_mask", scores)
+    log(format_table(scores, f"pseudo-masks vs ground truth [{cfg.data.eval_split}, {len(ids)} images]"))
+    return scores
+
+
+def parse_steps(text: str) -> tuple[str, ...]:
+    """`ir_label,irn` -> ("ir_label", "irn"), checked against the known steps."""
+    steps = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        raise ConfigError(f"--steps: unknown step {unknown[0] if unknown else '(none)'!r} (known: {', '.join(STEPS)})")
+    return steps
+
+
+def run_pseudo_mask_stages(cfg: Config, t: int, steps: Sequence[str] = STEPS,
+                           log: Callable[[str], None] = print) -> dict:
+    """Stages 2-4 in order, each skipping finished work; returns {step: its metrics}."""
+    paths = round_paths(cfg, t)
+    stages = {
+        "ir_label": (make_ir_labels, paths.ir_label),
+        "irn": (train_irn, paths.irn / "model.pt"),
+        "pseudo_mask": (make_pseudo_masks, paths.pseudo_mask),
+    }
+    results = {}
+    for step in STEPS:
+        if step not in steps:
+            continue
+        run, output = stages[step]
+        started = time.perf_counter()
+        results[step] = run(cfg, t, log=log)
+        log(f"{step}: done in {time.perf_counter() - started:.1f} s -> {output}")
+    log(f"round {t} metrics: {paths.metrics}")
+    return results
