@@ -1,39 +1,61 @@
 """The `conta` command line: thin wrappers that load a config and call a stage.
 
 Every command that runs a stage takes `--config` (alias `--config-path`, as in deeplab-pytorch),
-an optional `--run-dir`, an optional `--round`, and trailing `section.key=value` overrides.
+an optional `--run-dir`, an optional `--round`, `--devices N` and trailing `section.key=value`
+overrides. Under torchrun (or with `--devices N`, which starts torchrun) every process runs the
+same command and joins the process group described by its environment (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from conta import __version__
 from conta.config import Config, DataConfig, load_config
+from conta.engine.device import resolve_device
+from conta.engine.distributed import (init_distributed, launched_world_size, rank, teardown, torchrun_command,
+                                      world_size)
 from conta.errors import ContaError
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    devices = getattr(args, "devices", None)
     try:
+        if devices is not None and devices != launched_world_size():  # torchrun's processes see their own count
+            return _launch(devices, argv)
         cfg = _config_from_args(args)
+        init_distributed(resolve_device(cfg.run.device))
         return int(args.handler(args, cfg) or 0)
     except ContaError as exc:
-        print(f"conta: error: {exc}", file=sys.stderr)
+        where = f" (process {rank()} of {world_size()})" if world_size() > 1 else ""
+        print(f"conta: error{where}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("conta: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        teardown()
+
+
+def _launch(devices: int, argv: list[str]) -> int:
+    """Run this command in `devices` processes under torchrun on this node; its exit status."""
+    if launched_world_size() > 1:
+        raise ContaError(f"--devices {devices}: already one of {launched_world_size()} torchrun processes; "
+                         "leave --devices out under torchrun")
+    return subprocess.call(torchrun_command(devices, argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,11 +106,21 @@ def _stage(sub: argparse._SubParsersAction, name: str, help_text: str, handler: 
     p.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config (default: built-in defaults)")
     p.add_argument("--run-dir", type=Path, help="run directory (default: <run.out_dir>/<run.name>)")
     p.add_argument("--round", type=int, default=0, help="round index t (default 0)")
+    p.add_argument("--devices", type=_positive_int, metavar="N",
+                   help="run in N processes, one per GPU, by starting torchrun on this node "
+                        "(the same as `torchrun --standalone --nproc_per_node=N -m conta ...`)")
     if extra is not None:
         extra(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. cam.lr=0.05")
     p.set_defaults(handler=handler)
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:

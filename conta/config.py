@@ -325,7 +325,8 @@ class RunConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    amp: Literal["fp32", "bf16", "fp16"] = "fp32"
+    amp: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype (fp16 adds loss scaling; CUDA only)
+    channels_last: bool = False          # NHWC tensors: faster cuDNN convolutions, mostly with amp
     deterministic: bool = False
 
     def validate(self, key: str) -> None:

@@ -1,4 +1,5 @@
-"""Progress bars that stay quiet when output is not a terminal (CI logs, tests)."""
+"""Progress bars that stay quiet when output is not a terminal (CI logs, tests) and on every
+rank but 0 (N processes would draw N bars over each other)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from conta.engine.distributed import is_main
+
 T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", **kwargs: Any) -> tqdm:
-    disable = os.environ.get("CONTA_PROGRESS", "") == "0" or not sys.stderr.isatty()
+    disable = os.environ.get("CONTA_PROGRESS", "") == "0" or not sys.stderr.isatty() or not is_main()
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kwargs)

@@ -99,7 +99,7 @@ def test_bn_stays_frozen_through_a_training_step() -> None:
     cfg = seg_config(Path("unused"), "seg.lr=0.1")
     optimizer, _ = seg.build_optimizer(model, cfg.seg)
     batch = (torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33)))
-    seg._accumulate(model, iter([batch]), 1, torch.device("cpu"), 0)
+    seg._accumulate(model, iter([batch]), 1, torch.device("cpu"))
     optimizer.step()
     assert all(not m.training for m in bns)
     for m, state in zip(bns, before):
@@ -112,8 +112,8 @@ def test_iter_size_accumulation_equals_one_big_batch() -> None:
     torch.manual_seed(1)
     images, labels = torch.randn(4, 3, 33, 33), torch.randint(0, 4, (4, 33, 33))  # no ignored pixels
     small, big = _tiny_model().train(), _tiny_model().train()
-    seg._accumulate(small, iter([(images[:2], labels[:2]), (images[2:], labels[2:])]), 2, torch.device("cpu"), 0)
-    seg._accumulate(big, iter([(images, labels)]), 1, torch.device("cpu"), 0)
+    seg._accumulate(small, iter([(images[:2], labels[:2]), (images[2:], labels[2:])]), 2, torch.device("cpu"))
+    seg._accumulate(big, iter([(images, labels)]), 1, torch.device("cpu"))
     for (name, a), b in zip(small.named_parameters(), big.parameters()):
         if a.requires_grad:
             assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name

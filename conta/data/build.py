@@ -9,21 +9,28 @@ from conta.data.coco import Coco14Dataset, prepare_coco
 from conta.data.folder import FolderDataset
 from conta.data.voc import VOCLayoutDataset
 from conta.data.voc12 import VOC12Dataset
+from conta.engine.distributed import barrier, is_main
 from conta.errors import ConfigError
 
 
 def ensure_dataset(data: DataConfig, log=print) -> Path:
     """Return the dataset root; for `synthetic`, generate it there if it is missing or stale; for
-    `coco14`, make the semantic masks of the configured splits that are not cached yet."""
-    root = Path(data.root)
-    if data.dataset == "synthetic":
-        from conta.data.synthetic import generate
+    `coco14`, make the semantic masks of the configured splits that are not cached yet.
 
-        summary = generate(data.synth, root)
-        if getattr(summary, "generated", True):
-            log(f"synthetic dataset ready at {root}")
-    elif data.dataset == "coco14":
-        prepare_coco(data, log=log)
+    Under torchrun rank 0 does the writing while the other ranks wait at a barrier, so every
+    rank calls this (it is collective) and none reads a half-made dataset.
+    """
+    root = Path(data.root)
+    if is_main():
+        if data.dataset == "synthetic":
+            from conta.data.synthetic import generate
+
+            summary = generate(data.synth, root)
+            if getattr(summary, "generated", True):
+                log(f"synthetic dataset ready at {root}")
+        elif data.dataset == "coco14":
+            prepare_coco(data, log=log)
+    barrier()
     return root
 
 

@@ -7,24 +7,36 @@ import random
 import numpy as np
 import torch
 
+from conta.engine.distributed import launched_world_size, local_rank
 from conta.errors import ConfigError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """`auto` picks CUDA when present, else the CPU; an explicit CUDA request without a GPU is an error.
 
+    `cuda` (and `auto` with a GPU) means cuda:LOCAL_RANK, so each process torchrun starts on a node
+    gets its own GPU; a fixed `cuda:N` is refused when several processes run.
+
     Also flushes subnormal floats to zero on the CPU: the activations of randomly initialised or
     weight-decayed networks underflow into subnormals, which made CPU convolutions ~10x slower.
     """
     torch.set_flush_denormal(True)
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(spec)
     except RuntimeError:  # "gpu", "cuda:x": a config mistake, not a traceback
         raise ConfigError(f"run.device: {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device: {spec!r} requested but no CUDA device is available (use cpu or auto)")
+    if device.type == "cuda" and device.index is None:
+        if local_rank() >= torch.cuda.device_count():
+            raise ConfigError(f"process {local_rank()} of this node needs cuda:{local_rank()}, but there are only "
+                              f"{torch.cuda.device_count()} GPUs: start at most one process per GPU")
+        return torch.device("cuda", local_rank())
+    if device.type == "cuda" and launched_world_size() > 1:
+        raise ConfigError(f"run.device: {spec!r} pins every process to one GPU; with torchrun use cuda or auto "
+                          "(each process then takes cuda:LOCAL_RANK)")
     return device
 
 

@@ -3,6 +3,10 @@
 Batches are drawn in an order that depends only on (seed, epoch) and samples are augmented from
 (seed, epoch, index) (datasets expose `set_epoch`), so a run interrupted after any epoch and
 resumed from its checkpoint ends with the same weights as an uninterrupted one.
+
+Under torchrun the model is wrapped in DDP and each step's global batch of `batch_size` samples
+is split into one slice per rank (`RankSlices`), so N processes train on the samples one process
+sees, step for step. Only rank 0 validates and writes the checkpoint; every rank resumes from it.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from conta.engine.distributed import RankSlices, all_reduce_sum, is_main, world_size, wrap_ddp
+from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError
 from conta.progress import progress
@@ -33,6 +40,7 @@ class EpochTraining:
     seed: int = 0
     num_workers: int = 0
     drop_last: bool = True
+    precision: Precision = field(default_factory=Precision)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -56,55 +64,74 @@ def train_epochs(
     validate: ValidateFn | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Train for `plan.epochs`, checkpointing after every epoch; resumes from `checkpoint_path`."""
+    """Train for `plan.epochs`, checkpointing after every epoch; resumes from `checkpoint_path`.
+
+    `plan.batch_size` is the effective batch over all processes; the logged losses are averages
+    over all of them, so the history does not depend on the process count.
+    """
     history: list[dict[str, Any]] = []
     start_epoch, step = 0, 0
+    precision = plan.precision
+    scaler = precision.scaler()
     if checkpoint_path.is_file():
         state = load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved without fp16 loss scaling
+            scaler.load_state_dict(state["scaler"])
         restore_rng(state)
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         history = list(state.get("history", []))
         if start_epoch < plan.epochs:
             log(f"{desc}: resuming after epoch {start_epoch} (step {step}) from {checkpoint_path}")
+    if world_size() > 1 and not plan.drop_last:
+        raise ContaError(f"{desc}: a last partial batch cannot be split over {world_size()} processes (drop_last)")
     n_steps = steps_per_epoch(len(dataset), plan.batch_size, plan.drop_last)
+    net = wrap_ddp(precision.model(model), device)
     for epoch in range(start_epoch, plan.epochs):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(plan.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, drop_last=plan.drop_last,
-                            generator=generator, num_workers=plan.num_workers)
-        model.train()
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(plan.seed * 1000 + epoch))
+        sampler = RankSlices(order.tolist(), plan.batch_size, range(n_steps), f"{desc}: batch size")
+        loader = DataLoader(dataset, batch_size=sampler.local, sampler=sampler, num_workers=plan.num_workers,
+                            pin_memory=device.type == "cuda")
+        net.train()
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
         bar = progress(loader, total=n_steps, desc=f"{desc} {epoch + 1}/{plan.epochs}")
         for batch in bar:
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {k: precision.input(v.to(device, non_blocking=True)) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
             schedule.apply(step)
-            loss, parts = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise ContaError(f"{desc}: loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
+            with precision.autocast():
+                loss, parts = loss_fn(net, batch)
+            value = loss.item()
+            mean_loss = float(all_reduce_sum(np.array([value]))[0]) / world_size()
+            if not math.isfinite(mean_loss):  # every rank sees the same value, so all stop together
+                raise ContaError(f"{desc}: loss is {mean_loss} at step {step} (epoch {epoch + 1}); "
                                  "lower the learning rate or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
             seen += n
-            for key, value in {"loss": loss.item(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value * n
-            rate = seen / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", img_s=f"{rate:.1f}")
+            for key, part in {"loss": value, **parts}.items():
+                totals[key] = totals.get(key, 0.0) + part * n
+            rate = seen * world_size() / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        record.update({f"train_{k}": v / max(seen, 1) for k, v in totals.items()})
-        if validate is not None:
+        summed = all_reduce_sum(np.array([seen, *totals.values()], dtype=np.float64))
+        record.update({f"train_{k}": float(v / max(summed[0], 1)) for k, v in zip(totals, summed[1:])})
+        if validate is not None and is_main():
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), precision.autocast():
                 record.update({f"val_{k}": v for k, v in validate(model).items()})
             model.train()
         history.append(record)
         log(f"{desc}: " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        epoch=epoch, step=step, history=history)
+        if is_main():
+            save_checkpoint(checkpoint_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict(), epoch=epoch, step=step, history=history)
     return history

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from conta.data.voc import VOCLayoutDataset
+from conta.engine.distributed import all_reduce_sum, shard
 from conta.errors import DataError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_label_png
@@ -18,11 +19,13 @@ def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
                       pred_path: Callable[[str], Path] | None = None) -> dict:
     """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask.
 
+    Collective under torchrun: each rank scores its shard of `ids` and the counts are summed over
+    ranks (never the mIoUs averaged), so every rank must call it and all get the same scores.
     A prediction of the wrong size or with a value outside the classes (255 = no label) is a
     DataError naming `pred_path(id)` when given, else the ground-truth mask.
     """
     cm = ConfusionMatrix(["background"] + dataset.class_names)
-    for image_id in ids:
+    for image_id in shard(list(ids)):
         gt = dataset.mask(image_id)
         pred = predict(image_id)
         where = pred_path(image_id) if pred_path is not None else dataset.mask_path(image_id)
@@ -32,6 +35,7 @@ def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
             cm.update(pred, gt)
         except ValueError as exc:  # a bad predicted value: the user's file, not a traceback
             raise DataError(where, f"prediction for {image_id}: {exc}") from None
+    cm.counts = all_reduce_sum(cm.counts)
     return cm.scores()
 
 

@@ -63,7 +63,7 @@ def multiscale_cam(model: CamModel, image: Tensor, scales: Sequence[float] = (1.
         if flip:
             x = torch.cat([x, x.flip(-1)])
             m = torch.cat([m, m.flip(-1)]) if m is not None else None
-        out = model.cam(x, m)
+        out = model.cam(x, m).float()  # under autocast: fuse in float32, whatever the network computed in
         cam = out[0] + out[1].flip(-1) if flip else out[0]
         maps.append(F.interpolate(cam[None], size=size4, mode="bilinear", align_corners=False)[0])
     return torch.stack(maps).sum(dim=0)

@@ -42,7 +42,10 @@ from conta.data.transforms import (normalize, random_crop, random_hflip, resize,
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, load_model_weights
 from conta.engine.device import resolve_device, seed_everything
+from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
+from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.loop import EpochTraining, ValidateFn, steps_per_epoch, train_epochs
+from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import ConfusionMatrix, format_table
@@ -186,7 +189,12 @@ def _calibrate(model: CamNet, samples: CamTrainSet, device: torch.device, log: L
 
 def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
           context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
-    """Train round t's classifier (resuming from its checkpoint) and write cam/model.pt."""
+    """Train round t's classifier (resuming from its checkpoint) and write cam/model.pt.
+
+    Under torchrun every rank trains (DDP, the configured batch split over the ranks), rank 0
+    writes the files, and all return once model.pt is there.
+    """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     model_path = paths.cam / MODEL_FILE
     if model_path.is_file():
@@ -210,7 +218,8 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
         _calibrate(model, train_set, device, log)
     optimizer = torch.optim.SGD(model.param_groups(cfg.cam.head_lr_mult), lr=cfg.cam.lr,
                                 momentum=cfg.cam.momentum, weight_decay=cfg.cam.weight_decay)
-    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                         precision=Precision.from_run(cfg.run, device))
     max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last) * plan.epochs
     schedule = PolySchedule(optimizer, cfg.cam.lr, max_step, cfg.cam.poly_power)
     validate = None
@@ -220,11 +229,13 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     history = train_epochs(model, optimizer, schedule, train_set, classification_loss, plan,
                            paths.cam / "checkpoint.pt", device, desc=f"cam r{t}", validate=validate, log=log)
     seconds = time.perf_counter() - started
-    update_metrics(paths.metrics, "cam_train", {
-        "epochs": history, "session_seconds": seconds, "max_step": max_step, "context_at": context_at,
-        "val_split": cfg.data.val_splits[0] if cfg.data.val_splits else None})
-    with atomic_path(model_path) as tmp:  # written last: its presence means "trained"
-        torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    if is_main():
+        update_metrics(paths.metrics, "cam_train", {
+            "epochs": history, "session_seconds": seconds, "max_step": max_step, "context_at": context_at,
+            "val_split": cfg.data.val_splits[0] if cfg.data.val_splits else None})
+        with atomic_path(model_path) as tmp:  # written last: its presence means "trained"
+            torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    barrier()
     log(f"cam train: {model_path} written ({seconds:.1f} s this session)")
     return model_path
 
@@ -236,43 +247,71 @@ def _map_path(paths: RoundPaths, image_id: str) -> Path:
     return paths.cam_maps / f"{image_id}.npz"
 
 
-def cam_arrays(model: CamNet, image: np.ndarray, keys: np.ndarray, cam: CamConfig, device: torch.device,
-               context: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """One image's npz content: multi-scale + flip CAMs of its tagged classes, max-normalised."""
-    x = torch.from_numpy(to_chw(normalize(image))).to(device)
+class CamInputs:
+    """One image's inference inputs, read in a DataLoader worker: the normalised (3, H, W) image,
+    its tagged classes (0-based) and its context map (None without a provider)."""
+
+    def __init__(self, data: VOCLayoutDataset, provider: ContextProvider | None) -> None:
+        self.data, self.provider = data, provider
+
+    def __call__(self, image_id: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        x = torch.from_numpy(to_chw(normalize(self.data.image(image_id))))
+        context = provided_map(self.provider, image_id) if self.provider is not None else None
+        return x, np.flatnonzero(self.data.tags(image_id)), context
+
+
+def cam_arrays(model: CamNet, x: torch.Tensor, keys: np.ndarray, cam: CamConfig, device: torch.device,
+               context: np.ndarray | None = None, precision: Precision = Precision()) -> dict[str, np.ndarray]:
+    """One image's npz content from its normalised (3, H, W) tensor: multi-scale + flip CAMs of its
+    tagged classes, max-normalised (the network under `precision`'s autocast, the fusion in float32)."""
     m = torch.from_numpy(context)[None].to(device) if context is not None else None
-    strided = select_classes(multiscale_cam(model, x, cam.scales, cam.flip, m), keys)
+    with precision.autocast():
+        fused = multiscale_cam(model, x.to(device, non_blocking=True), cam.scales, cam.flip, m)
+    strided = select_classes(fused, keys)
     arrays = {"keys": keys.astype(np.int64), "cam": strided.cpu().numpy().astype(np.float16)}
     if cam.save_high_res:
-        arrays["high_res"] = upsample_cam(strided, image.shape[:2]).cpu().numpy().astype(np.float16)
+        arrays["high_res"] = upsample_cam(strided, tuple(x.shape[-2:])).cpu().numpy().astype(np.float16)
     return arrays
 
 
 def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
           context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
-    """Write cam/maps/<id>.npz for every image of data.infer_split (existing files are kept)."""
+    """Write cam/maps/<id>.npz for every image of data.infer_split (existing files are kept).
+
+    Under torchrun each rank makes the maps of its shard (ids[rank::world]); all return once every
+    rank is done. Images are decoded in data.num_workers DataLoader workers and the maps written
+    by a background thread.
+    """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     data = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = [i for i in data.ids if not _map_path(paths, i).is_file()]
-    if not todo:
-        log(f"cam infer: all {len(data)} maps of {cfg.data.infer_split} exist in {paths.cam_maps}")
-        return paths.cam_maps
+    todo = pending(data.ids, lambda i: _map_path(paths, i).is_file())
+    log(f"cam infer: {describe_todo(todo, data.ids)} ({cfg.data.infer_split} maps in {paths.cam_maps})")
+    if todo:
+        _write_maps(cfg, t, data, todo, context_provider, context_module, log)
+    barrier()
+    return paths.cam_maps
+
+
+def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], context_provider: ContextProvider | None,
+                context_module: torch.nn.Module | None, log: Log) -> None:
+    paths = round_paths(cfg, t)
     device = resolve_device(cfg.run.device)
-    model = load_cam_net(paths.cam / MODEL_FILE, context_module).to(device).eval()
+    precision = Precision.from_run(cfg.run, device)
+    model = precision.model(load_cam_net(paths.cam / MODEL_FILE, context_module).to(device).eval())
     if (model.context_at is None) != (context_provider is None):
         raise ContaError(f"cam infer: the classifier of round {t} was trained "
                          f"{'without' if model.context_at is None else 'with'} a context input; "
                          f"the context provider must match")
-    started = time.perf_counter()
-    bar = progress(todo, total=len(todo), desc=f"cam maps r{t}")
-    for n, image_id in enumerate(bar, 1):
-        context = provided_map(context_provider, image_id) if context_provider else None
-        keys = np.flatnonzero(data.tags(image_id))
-        save_npz(_map_path(paths, image_id), **cam_arrays(model, data.image(image_id), keys, cfg.cam, device, context))
-        bar.set_postfix(img_s=f"{n / (time.perf_counter() - started):.1f}")
-    seconds = time.perf_counter() - started
-    log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({len(todo) / seconds:.1f} images/s) -> {paths.cam_maps}")
-    return paths.cam_maps
+
+    def infer_one(image_id: str, inputs: tuple[torch.Tensor, np.ndarray, np.ndarray | None]) -> WriteJob:
+        arrays = cam_arrays(model, inputs[0], inputs[1], cfg.cam, device, inputs[2], precision)
+        return lambda: save_npz(_map_path(paths, image_id), **arrays)
+
+    seconds = run_inference(todo, CamInputs(data, context_provider), infer_one, cfg.data.num_workers,
+                            f"cam maps r{t}", pin_memory=device.type == "cuda")
+    log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({len(todo) / seconds:.1f} images/s"
+        f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
 
 
 def load_cam_map(paths: RoundPaths, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +383,11 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     Baselines: "all_background" labels every pixel 0; "tag_fill" labels every pixel of an image
     with its lowest-index tagged class (all background without tags): the score of a CAM that
     knows the tags and nothing about location.
+
+    Collective under torchrun: each rank scores its shard, and the confusion counts and leakage
+    sums are added over ranks before any score is computed.
     """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     data = build_dataset(cfg.data, cfg.data.eval_split)
     if not data.has_masks:
@@ -354,7 +397,7 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     sweep = {thr: ConfusionMatrix(names) for thr in thresholds}
     all_background, tag_fill = ConfusionMatrix(names), ConfusionMatrix(names)
     probes = confounding_probes(cfg, data.class_names)
-    for image_id in progress(data.ids, total=len(data), desc=f"cam eval r{t}"):
+    for image_id in progress(shard(data.ids), desc=f"cam eval r{t}"):
         gt = data.mask(image_id)
         keys, cams = load_cam_map(paths, image_id, gt.shape)
         values = np.concatenate([[0], keys + 1])
@@ -366,6 +409,7 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
         tag_fill.update(np.full_like(gt, values[1] if len(keys) else 0), gt)
         for probe in probes:
             probe.update(keys.tolist(), cams, gt)
+    _sum_over_ranks([*sweep.values(), all_background, tag_fill], probes)
     scores = sweep[cfg.cam.eval_threshold].scores()
     curve = [{"threshold": thr, "miou": cm.scores()["miou"]} for thr, cm in sweep.items()]
     best_point = max(curve, key=lambda p: p["miou"])
@@ -375,9 +419,19 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
         "baselines": {"all_background": all_background.scores()["miou"], "tag_fill": tag_fill.scores()["miou"]},
         "leakage": {p.name: p.result() for p in probes},
     }
-    update_metrics(paths.metrics, "cam", result)
+    if is_main():
+        update_metrics(paths.metrics, "cam", result)
     log(summary(result, t))
     return result
+
+
+def _sum_over_ranks(matrices: list[ConfusionMatrix], probes: list[Leakage]) -> None:
+    """Replace each rank's partial counts and sums by their totals over all ranks."""
+    for cm, counts in zip(matrices, all_reduce_sum(np.stack([cm.counts for cm in matrices]))):
+        cm.counts = counts
+    sums = all_reduce_sum(np.array([[p.share, p.area, p.images] for p in probes], np.float64).reshape(-1, 3))
+    for probe, (share, area, images) in zip(probes, sums):
+        probe.share, probe.area, probe.images = float(share), float(area), int(images)
 
 
 def summary(result: dict, t: int) -> str:
@@ -404,7 +458,10 @@ def _percent(value: float | None) -> str:
 
 
 def show(cfg: Config, t: int, image_id: str, out_path: Path, log: Log = print) -> Path:
-    """A PNG: the image, its ground truth when there is one, and one CAM overlay per tagged class."""
+    """A PNG: the image, its ground truth when there is one, and one CAM overlay per tagged class
+    (drawn by rank 0 only under torchrun)."""
+    if not is_main():
+        return out_path
     paths = round_paths(cfg, t)
     data = build_dataset(cfg.data, cfg.data.infer_split)
     if image_id not in data.ids:

@@ -20,6 +20,8 @@ from conta.config import Config, IrLabelConfig
 from conta.data.build import build_dataset
 from conta.data.palette import IGNORE_INDEX, voc_palette
 from conta.data.voc import VOCLayoutDataset
+from conta.engine.distributed import all_reduce_sum, barrier, is_main, local_world_size, main_only, shard
+from conta.engine.inference import describe_todo, pending
 from conta.engine.parallel import run_parallel
 from conta.errors import DataError
 from conta.eval.metrics import ConfusionMatrix
@@ -110,24 +112,32 @@ def scored_ids(dataset: VOCLayoutDataset, pred_dir: Path) -> list[str]:
 
 def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
     """Write round_<t>/ir_label/<id>.png for every infer-split image (existing files are kept),
-    then score the seeds on the eval split; returns the metrics stored under "ir_label"."""
+    then score the seeds on the eval split; returns the metrics stored under "ir_label".
+
+    Under torchrun each rank labels its shard with its share of the node's cores
+    (ir_label.workers = 0), and the scores are summed over the ranks.
+    """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = [i for i in dataset.ids if not (paths.ir_label / f"{i}.png").is_file()]
+    todo = pending(dataset.ids, lambda i: (paths.ir_label / f"{i}.png").is_file())
     require_cams(paths.cam_maps, todo)
-    workers = cfg.ir_label.workers or os.cpu_count() or 1
-    log(f"ir labels: {len(todo)} to make, {len(dataset) - len(todo)} already done, {workers} workers, "
+    workers = cfg.ir_label.workers or max(1, (os.cpu_count() or 1) // local_world_size())
+    log(f"ir labels: {describe_todo(todo, dataset.ids)}, {workers} workers, "
         f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}")
     jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label) for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
-    write_done_marker(paths.ir_label, {"images": len(dataset)})
+    barrier()
+    if is_main():
+        write_done_marker(paths.ir_label, {"images": len(dataset)})
     eval_set = build_dataset(cfg.data, cfg.data.eval_split)
     ids = scored_ids(eval_set, paths.ir_label)
     if not ids:
         log(f"ir labels: no ground truth for split {cfg.data.eval_split}; not scored")
         return {}
     metrics = score_seeds(eval_set, ids, paths.ir_label)
-    update_metrics(paths.metrics, "ir_label", metrics)
+    if is_main():
+        update_metrics(paths.metrics, "ir_label", metrics)
     log(f"ir labels [{cfg.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
         f"recall {metrics['recall']:.4f}  coverage {metrics['coverage']:.4f}  ignored {metrics['ignored_fraction']:.4f}")
     return metrics
@@ -138,14 +148,17 @@ def score_seeds(dataset: VOCLayoutDataset, ids: list[str], seed_dir: Path) -> di
 
     precision: correct / non-ignored seed pixels; coverage: non-ignored seeds / GT pixels;
     recall: correct / GT pixels; ignored_fraction: 255 seeds / all seed pixels.
+    Collective under torchrun: each rank counts its shard and the counts are summed over ranks.
     """
     cm = ConfusionMatrix(["background"] + dataset.class_names)
     ignored = total = 0
-    for image_id in ids:
+    for image_id in shard(ids):
         seed = load_label_png(seed_dir / f"{image_id}.png")
         cm.update(seed, dataset.mask(image_id, seed.shape))
         ignored += int((seed == IGNORE_INDEX).sum())
         total += seed.size
+    cm.counts = all_reduce_sum(cm.counts)
+    ignored, total = (int(v) for v in all_reduce_sum(np.array([ignored, total], np.int64)))
     labelled = cm.counts[:, : cm.n]            # GT-labelled pixels that got a real seed
     correct = np.diag(labelled).astype(np.float64)
     per_seed = labelled.sum(axis=0)

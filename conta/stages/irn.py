@@ -23,7 +23,9 @@ from conta.data.transforms import normalize, random_crop, random_hflip, rescale,
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_model_weights, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
+from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard
 from conta.engine.loop import EpochTraining, steps_per_epoch, train_epochs
+from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError
 from conta.io import load_label_png
@@ -98,13 +100,16 @@ def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
 
 @torch.no_grad()
 def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], device: torch.device) -> torch.Tensor:
-    """Mean raw displacement (dy, dx) over whole images in eval mode, which inference subtracts."""
+    """Mean raw displacement (dy, dx) over whole images in eval mode, which inference subtracts.
+
+    Collective under torchrun: each rank sums over its shard of `ids`, the sums are added over ranks.
+    """
     model.displacement_mean.zero_()
     total = torch.zeros(2, dtype=torch.float64)
-    for image_id in progress(ids, desc="irn displacement mean"):
+    for image_id in progress(shard(ids), desc="irn displacement mean"):
         _, displacement = infer_boundary_displacement(model, image_tensor(dataset.image(image_id)).to(device))
         total += displacement.mean(dim=(1, 2)).double().cpu()
-    return (total / max(len(ids), 1)).float()
+    return (torch.from_numpy(all_reduce_sum(total.numpy())) / max(len(ids), 1)).float()
 
 
 def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: Callable[[str], None]) -> None:
@@ -121,7 +126,12 @@ def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: 
 
 def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[dict]:
     """Train round t's IRN on the train-split images that have seed labels; returns the per-epoch
-    losses (also stored as metrics.json "irn_train"). Skipped when irn/model.pt exists."""
+    losses (also stored as metrics.json "irn_train"). Skipped when irn/model.pt exists.
+
+    Under torchrun every rank trains (DDP, irn.batch_size split over the ranks); rank 0 writes
+    the files and all return once model.pt is there.
+    """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     model_path = paths.irn / "model.pt"
     if model_path.is_file():
@@ -144,7 +154,8 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
          {"params": list(model.displacement_head.parameters()), "lr_mult": cfg.irn.displacement_lr_mult}],
         lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
     )
-    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                         precision=Precision.from_run(cfg.run, device))
     max_step = steps_per_epoch(len(train_set), plan.batch_size, plan.drop_last) * plan.epochs
     schedule = PolySchedule(optimizer, cfg.irn.lr, max_step, cfg.irn.poly_power)
     grid = cfg.irn.crop_size // 4
@@ -160,11 +171,13 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     checkpoint = paths.irn / "checkpoint.pt"
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
     model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device))
-    save_checkpoint(model_path, model=model.state_dict(), meta={
-        "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,
-        "images": len(ids), "steps": max_step, "displacement_mean": model.displacement_mean.tolist(),
-    })
-    checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent
-    update_metrics(paths.metrics, "irn_train", history)
+    if is_main():
+        save_checkpoint(model_path, model=model.state_dict(), meta={
+            "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,
+            "images": len(ids), "steps": max_step, "displacement_mean": model.displacement_mean.tolist(),
+        })
+        checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent
+        update_metrics(paths.metrics, "irn_train", history)
+    barrier()
     log(f"irn: model written to {model_path} (displacement mean {[round(v, 4) for v in model.displacement_mean.tolist()]})")
     return history

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ import torch
 from conta.config import Config, PseudoMaskConfig
 from conta.data.build import build_dataset
 from conta.data.palette import voc_palette
+from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import resolve_device
+from conta.engine.distributed import barrier, is_main, local_world_size, main_only
+from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.parallel import run_parallel
 from conta.errors import ConfigError
 from conta.eval.evaluate import score_predictions
@@ -57,31 +61,58 @@ def _start_walker(cfg: Config, t: int) -> None:
     _walker.update(model=load_irn(cfg, t, device), cfg=cfg.pseudo_mask, device=device)
 
 
+def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
+    image = load_rgb(image_path)
+    return image, read_cam(cam_path, image.shape[:2])
+
+
 def _walk_one(job: tuple[Path, Path, Path]) -> None:
     image_path, cam_path, out_path = job
-    image = load_rgb(image_path)
-    record = read_cam(cam_path, image.shape[:2])
-    label = pseudo_mask(_walker["model"], image, record, _walker["cfg"], _walker["device"])
+    label = pseudo_mask(_walker["model"], *_walk_inputs(image_path, cam_path), _walker["cfg"], _walker["device"])
     save_label_png(out_path, label, voc_palette())
+
+
+def _load_for_walk(dataset: VOCLayoutDataset, cam_dir: Path, image_id: str) -> tuple[np.ndarray, CamRecord]:
+    return _walk_inputs(dataset.image_path(image_id), cam_dir / f"{image_id}.npz")
+
+
+def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[str], device: torch.device) -> None:
+    """The accelerator path: inputs read in data.num_workers DataLoader workers, PNGs written in the background."""
+    paths = round_paths(cfg, t)
+    model = load_irn(cfg, t, device)
+
+    def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
+        label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device)
+        return partial(save_label_png, paths.pseudo_mask / f"{image_id}.png", label, voc_palette())
+
+    run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk, cfg.data.num_workers, "pseudo-masks")
 
 
 def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
     """Write round_<t>/pseudo_mask/<id>.png for every infer-split image (existing files are kept),
     then score them on the eval split; returns the scores stored under "pseudo_mask".
 
-    On a GPU one process walks every image; on the CPU the single-threaded walk runs in
-    pseudo_mask.workers processes (0 = one per core).
+    On a GPU one process per device walks its images; on the CPU the single-threaded walk runs in
+    pseudo_mask.workers processes (0 = the node's cores shared among its ranks). Under torchrun
+    each rank makes the masks of its shard, and the scores are summed over the ranks.
     """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = [i for i in dataset.ids if not (paths.pseudo_mask / f"{i}.png").is_file()]
+    todo = pending(dataset.ids, lambda i: (paths.pseudo_mask / f"{i}.png").is_file())
     require_cams(paths.cam_maps, todo)
-    on_cpu = resolve_device(cfg.run.device).type == "cpu"
-    workers = (cfg.pseudo_mask.workers or os.cpu_count() or 1) if on_cpu else 1
-    log(f"pseudo-masks: {len(todo)} to make, {len(dataset) - len(todo)} already done, {workers} workers")
-    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.pseudo_mask / f"{i}.png") for i in todo]
-    run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))
-    write_done_marker(paths.pseudo_mask, {"images": len(dataset)})
+    device = resolve_device(cfg.run.device)
+    if device.type == "cpu":
+        workers = cfg.pseudo_mask.workers or max(1, (os.cpu_count() or 1) // local_world_size())
+        log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
+        jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.pseudo_mask / f"{i}.png") for i in todo]
+        run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))
+    elif todo:
+        log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
+        _walk_on_device(cfg, t, dataset, todo, device)
+    barrier()
+    if is_main():
+        write_done_marker(paths.pseudo_mask, {"images": len(dataset)})
     eval_set = build_dataset(cfg.data, cfg.data.eval_split)
     ids = scored_ids(eval_set, paths.pseudo_mask)
     if not ids:
@@ -89,7 +120,8 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
         return {}
     scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"))
     scores["images"] = len(ids)
-    update_metrics(paths.metrics, "pseudo_mask", scores)
+    if is_main():
+        update_metrics(paths.metrics, "pseudo_mask", scores)
     log(format_table(scores, f"pseudo-masks vs ground truth [{cfg.data.eval_split}, {len(ids)} images]"))
     return scores
 
@@ -106,6 +138,7 @@ def parse_steps(text: str) -> tuple[str, ...]:
 def run_pseudo_mask_stages(cfg: Config, t: int, steps: Sequence[str] = STEPS,
                            log: Callable[[str], None] = print) -> dict:
     """Stages 2-4 in order, each skipping finished work; returns {step: its metrics}."""
+    log = main_only(log)
     paths = round_paths(cfg, t)
     stages = {
         "ir_label": (make_ir_labels, paths.ir_label),

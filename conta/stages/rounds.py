@@ -6,6 +6,10 @@ t-1's predictions, retrains the classifier with the intervention (mode "conta"),
 previous mask itself in place of M (control "mask") or without anything (control "baseline"),
 and reruns the later stages. Every stage skips work it finds complete, so an interrupted run
 resumes where it stopped.
+
+Under torchrun every rank runs every stage (each stage is collective and ends at a barrier once
+its outputs are complete); the files that sum up a run (config, confounder set, round-0 copy,
+report) are written by rank 0 while the others wait.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from conta.config import Config, replace
 from conta.data.build import ensure_dataset
+from conta.engine.distributed import barrier, is_main, main_only
 from conta.models.intervention import ConfounderAttention
 from conta.stages.confounder import ConfounderSet, build_confounder_set
 from conta.stages.paths import round_paths, write_run_config
@@ -53,19 +58,22 @@ def run_round(cfg: Config, t: int, log: Callable[[str], None] = print) -> None:
     from conta.stages import cam, seg
     from conta.stages.pseudo_mask import run_pseudo_mask_stages
 
+    log = main_only(log)
     rcfg = round_config(cfg, t)
     log(f"== {cfg.run.name}: round {t} ({'baseline' if t == 0 else cfg.conta.mode}) ==")
     provider, module = context_for_round(rcfg, t)
-    cam.train(rcfg, t, context_provider=provider, context_module=module)
-    cam.infer(rcfg, t, context_provider=provider, context_module=module)
-    cam.evaluate(rcfg, t)
-    run_pseudo_mask_stages(rcfg, t)
-    seg.train(rcfg, t)
+    cam.train(rcfg, t, context_provider=provider, context_module=module, log=log)
+    cam.infer(rcfg, t, context_provider=provider, context_module=module, log=log)
+    cam.evaluate(rcfg, t, log=log)
+    run_pseudo_mask_stages(rcfg, t, log=log)
+    seg.train(rcfg, t, log=log)
     for split in cfg.data.val_splits:
-        seg.test(rcfg, t, split)
+        seg.test(rcfg, t, split, log=log)
     if t < cfg.conta.rounds:
-        seg.test(rcfg, t, cfg.data.infer_split)
-        build_confounder_set(rcfg, t, log=log)
+        seg.test(rcfg, t, cfg.data.infer_split, log=log)
+        if is_main():
+            build_confounder_set(rcfg, t, log=log)
+        barrier()
 
 
 def share_round_zero(source: Config, target: Config, log: Callable[[str], None] = print) -> None:
@@ -83,17 +91,21 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
     """Run every round of the main run (or of one control); optionally both controls after it."""
     from conta.eval.report import write_report
 
+    log = main_only(log)
     ensure_dataset(cfg.data, log=log)
     runs = [control_config(cfg, control)]
     if with_controls and control is None:
         runs += [control_config(cfg, "baseline"), control_config(cfg, "mask")]
     for run_cfg in runs:
-        write_run_config(run_cfg)
-        if run_cfg is not runs[0]:
-            share_round_zero(runs[0], run_cfg, log=log)
+        if is_main():
+            write_run_config(run_cfg)
+            if run_cfg is not runs[0]:
+                share_round_zero(runs[0], run_cfg, log=log)
+        barrier()
         for t in range(run_cfg.conta.rounds + 1):
             run_round(run_cfg, t, log=log)
-    report = write_report(runs)
-    log(report.read_text())
-    log(f"report written to {report}")
+    if is_main():
+        report = write_report(runs)
+        log(report.read_text())
+        log(f"report written to {report}")
     return 0

@@ -6,12 +6,17 @@ lr refreshed every 10 iterations, frozen BN. What changes (spec 9): whole-state 
 exact resume (the data stream is a function of (seed, sample number), not of a shuffling
 iterator), strict weight loading, NaN detection, and the CRF sees the raw image.
 
+Under torchrun training is DDP: each iteration's seg.batch_size x seg.iter_size samples are split
+over the ranks (each accumulates its share in micro-batches of at most seg.batch_size), and
+test / CRF shard the images over the ranks; rank 0 writes checkpoints, TensorBoard and metrics.
+
 Artifacts (round_<t>/seg/): checkpoint.pt, model.pt (+ meta), tb/, pred/<split>/<id>.png,
 pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 stride-8 logits + image size).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +35,11 @@ from conta.data.transforms import denormalize, normalize, random_crop, random_hf
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
+from conta.engine.distributed import (RankSlices, all_reduce_sum, barrier, grad_sync, is_main, local_world_size,
+                                      main_only, world_size, wrap_ddp)
+from conta.engine.inference import WriteJob, pending, run_inference
 from conta.engine.parallel import run_parallel
+from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
@@ -164,6 +173,7 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     """Train the round's DeepLab; returns round_<t>/seg/model.pt (skips when it exists, resumes from checkpoint.pt)."""
     from conta.engine.tensorboard import TrainLogger  # here: inference and CRF workers need no TensorBoard
 
+    log = main_only(log)
     seg, paths = cfg.seg, round_paths(cfg, t)
     model_path = paths.seg / "model.pt"
     if model_path.is_file():
@@ -196,26 +206,39 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
             return torch.stack([stream[k][0] for k in range(per_iteration)])
 
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
-    model.to(device).train()
+    precision = Precision.from_run(cfg.run, device)
+    precision.model(model.to(device).train())
+    net = wrap_ddp(model, device)
     optimizer, schedule = build_optimizer(model, seg)
+    scaler = precision.scaler()
     start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved without fp16 loss scaling
+            scaler.load_state_dict(state["scaler"])
         restore_rng(state)
         start = int(state["iteration"])
         log(f"seg train: resuming at iteration {start} from {ckpt_path}")
-    logger = TrainLogger(paths.seg / "tb", seg.average_loss, start, state.get("loss_window") if state else None)
+    logger = TrainLogger(paths.seg / "tb", seg.average_loss, start, state.get("loss_window") if state else None) \
+        if is_main() else None
 
-    loader = DataLoader(stream, batch_size=seg.batch_size, num_workers=cfg.data.num_workers,
-                        sampler=range(start * per_iteration, seg.iterations * per_iteration))
+    sampler = RankSlices(range(seg.iterations * per_iteration), per_iteration, range(start, seg.iterations),
+                         "seg.batch_size x seg.iter_size")
+    micro, steps = micro_batches(sampler.local, seg.batch_size)
+    if world_size() > 1:
+        log(f"seg train: {world_size()} processes x {sampler.local} samples per iteration "
+            f"(micro-batches of {micro} x {steps})")
+    loader = DataLoader(stream, batch_size=micro, num_workers=cfg.data.num_workers, sampler=sampler,
+                        pin_memory=device.type == "cuda")
     batches = iter(loader)
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
     started = time.perf_counter()
     try:
         for it in bar:
             schedule.apply(it)
-            loss, (images, labels, outputs) = _accumulate(model, batches, seg.iter_size, device, it)
-            optimizer.step()
+            loss, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, it, precision)
+            if logger is None:  # ranks > 0 only train
+                continue
             done = it + 1
             average = logger.add_loss(loss)
             bar.set_postfix(loss=f"{average:.4f}")
@@ -229,12 +252,23 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
                                                                            seg.normalization), done)
             if done % seg.save_every == 0 or done == seg.iterations:
                 save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                iteration=done, loss_window=list(logger.loss.values), meta=meta)
+                                scaler=scaler.state_dict(), iteration=done, loss_window=list(logger.loss.values),
+                                meta=meta)
     finally:
-        logger.close()
-    save_seg_model(model_path, model, meta)
+        if logger is not None:
+            logger.close()
+    if is_main():
+        save_seg_model(model_path, model, meta)
+    barrier()
     log(f"seg train: model written to {model_path}")
     return model_path
+
+
+def micro_batches(samples: int, batch_size: int) -> tuple[int, int]:
+    """(size, count) of the micro-batches one process accumulates for its `samples` per iteration:
+    the largest size up to seg.batch_size that divides them. One process: seg.batch_size x seg.iter_size."""
+    size = max(d for d in range(1, min(samples, batch_size) + 1) if samples % d == 0)
+    return size, samples // size
 
 
 def build_optimizer(model: MSC, seg: SegConfig) -> tuple[torch.optim.SGD, PolySchedule]:
@@ -243,21 +277,39 @@ def build_optimizer(model: MSC, seg: SegConfig) -> tuple[torch.optim.SGD, PolySc
     return optimizer, PolySchedule(optimizer, seg.lr, seg.iterations, seg.poly_power, seg.lr_decay_every)
 
 
-def _accumulate(model: MSC, batches: Iterator, iter_size: int, device: torch.device,
-                it: int) -> tuple[float, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]:
-    """Gradients of `iter_size` mini-batches, each loss divided by iter_size (one effective batch).
+Batch = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
 
-    Returns the iteration's loss and the last mini-batch (images, labels, outputs) for logging.
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batches: Iterator, steps: int, device: torch.device, it: int,
+               precision: Precision = Precision()) -> tuple[float, Batch]:
+    """One iteration: `steps` accumulated micro-batches, the loss averaged over the ranks and checked
+    (all ranks stop together on NaN), then the optimizer step. Returns the loss and the last micro-batch."""
+    total, last = _accumulate(net, batches, steps, device, precision, scaler)
+    loss = float(all_reduce_sum(np.array([total]))[0]) / world_size()
+    if not math.isfinite(loss):
+        raise ContaError(f"seg train: loss is {loss} at iteration {it + 1}; lower seg.lr or check the labels")
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, last
+
+
+def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: torch.device,
+                precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None) -> tuple[float, Batch]:
+    """Gradients of `steps` micro-batches, each loss divided by `steps` (one effective batch); under
+    DDP the gradients are all-reduced once, with the last backward pass.
+
+    Returns the summed loss and the last micro-batch (images, labels, outputs) for logging.
     """
-    model.zero_grad(set_to_none=True)
+    net.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(iter_size):
-        images, labels = (x.to(device) for x in next(batches))
-        outputs = model(images)
-        loss = msc_loss(outputs, labels) / iter_size
-        if not torch.isfinite(loss):
-            raise ContaError(f"seg train: loss is {loss.item()} at iteration {it + 1}; lower seg.lr or check the labels")
-        loss.backward()
+    for j in range(steps):
+        images, labels = (x.to(device, non_blocking=True) for x in next(batches))
+        with grad_sync(net, now=j == steps - 1):
+            with precision.autocast():
+                outputs = net(precision.input(images))
+            loss = msc_loss([o.float() for o in outputs], labels) / steps
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
     return total, (images, labels, outputs)
 
@@ -284,19 +336,32 @@ def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None
 
 def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], model_path: Path,
                       pred_dir: Path, logit_dir: Path | None, desc: str) -> None:
-    """Whole-image MSC inference for `ids`: palette PNGs into `pred_dir`, logits into `logit_dir` if given."""
+    """Whole-image MSC inference for `ids`: palette PNGs into `pred_dir`, logits into `logit_dir` if given.
+
+    Images are decoded in data.num_workers DataLoader workers; upsampling, argmax and writing run
+    on the background writer thread, so the device only runs the network.
+    """
     device = resolve_device(cfg.run.device)
+    precision = Precision.from_run(cfg.run, device)
     model, meta = load_seg_model(model_path, device)
+    precision.model(model)
     if meta["n_classes"] != dataset.n_classes + 1:
         raise ContaError(f"{model_path}: a model of {meta['n_classes']} classes cannot label a dataset "
                          f"of {dataset.n_classes + 1} (background included)")
-    for image_id in progress(ids, desc=desc):
-        image = dataset.image(image_id)
-        logits = predict_logits(model, image, meta["normalization"], device)
-        if logit_dir is not None:
-            save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
-        labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
-        save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
+
+    def infer_one(image_id: str, image: np.ndarray) -> WriteJob:
+        with precision.autocast():
+            logits = predict_logits(model, image, meta["normalization"], device)
+
+        def write() -> None:
+            if logit_dir is not None:
+                save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
+            labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
+            save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
+
+        return write
+
+    run_inference(ids, dataset.image, infer_one, cfg.data.num_workers, desc)
 
 
 def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_logits: bool = False,
@@ -304,39 +369,45 @@ def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_l
     """Predict every image of `split`; score them when the split has masks (metrics `seg_<split>`).
 
     Works on splits without ground truth too (the next round's training images). Images whose
-    outputs exist are skipped. Returns the scores, or {} without ground truth.
+    outputs exist are skipped. Returns the scores, or {} without ground truth. Under torchrun each
+    rank predicts its shard and the confusion counts are summed over the ranks.
     """
+    log = main_only(log)
     paths = round_paths(cfg, t)
     ensure_dataset(cfg.data, log=log)
     dataset = build_dataset(cfg.data, split)
     pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
-    todo = [i for i in dataset.ids if not (pred_dir / f"{i}.png").is_file()
-            or (keep_logits and not (logit_dir / f"{i}.npz").is_file())]
+    todo = pending(dataset.ids, lambda i: (pred_dir / f"{i}.png").is_file()
+                   and (not keep_logits or (logit_dir / f"{i}.npz").is_file()))
     if todo:
         write_predictions(cfg, dataset, todo, Path(model_path or default_model_path(cfg, t)), pred_dir,
                           logit_dir if keep_logits else None, f"seg test {split}")
+    barrier()
     return _score(paths, dataset, pred_dir, f"seg_{split}", log)
 
 
 def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers: int | None = None,
         log: Log = print) -> dict:
     """Dense-CRF post-processing of the kept logits (computed first where missing), on the raw
-    images, in `workers` processes (default: one per CPU core); metrics `seg_<split>_crf`."""
+    images, in `workers` processes (default: this node's CPU cores shared among its ranks);
+    metrics `seg_<split>_crf`. Under torchrun each rank refines its shard."""
     from conta.ops.crf import crf_available
 
     if not crf_available():
         raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]"')
+    log = main_only(log)
     paths = round_paths(cfg, t)
     ensure_dataset(cfg.data, log=log)
     dataset = build_dataset(cfg.data, split)
     logit_dir, out_dir = paths.seg_logits(split), paths.seg_pred(f"{split}_crf")
-    missing = [i for i in dataset.ids if not (logit_dir / f"{i}.npz").is_file()]
+    missing = pending(dataset.ids, lambda i: (logit_dir / f"{i}.npz").is_file())
     if missing:
         write_predictions(cfg, dataset, missing, Path(model_path or default_model_path(cfg, t)),
                           paths.seg_pred(split), logit_dir, f"seg logits {split}")
     jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", out_dir / f"{i}.png", cfg.seg.crf)
-            for i in dataset.ids if not (out_dir / f"{i}.png").is_file()]
-    run_parallel(_crf_job, jobs, workers or os.cpu_count() or 1, f"seg crf {split}")
+            for i in pending(dataset.ids, lambda i: (out_dir / f"{i}.png").is_file())]
+    run_parallel(_crf_job, jobs, workers or max(1, (os.cpu_count() or 1) // local_world_size()), f"seg crf {split}")
+    barrier()
     return _score(paths, dataset, out_dir, f"seg_{split}_crf", log)
 
 
@@ -359,5 +430,6 @@ def _score(paths: RoundPaths, dataset: VOCLayoutDataset, pred_dir: Path, section
         return {}
     scores = score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"))
     log(format_table(scores, f"{section} ({paths.root.name}, {len(dataset)} images)"))
-    update_metrics(paths.metrics, section, scores)
+    if is_main():
+        update_metrics(paths.metrics, section, scores)
     return scores

@@ -1,0 +1,50 @@
+"""Mixed precision and memory format behind two switches: run.amp and run.channels_last.
+
+bf16 and fp16 autocast halve activation memory and use tensor cores on GPUs; fp16 also needs
+loss scaling (GradScaler) because its small gradients underflow. channels_last (NHWC) lets cuDNN
+pick faster convolution kernels, mostly together with autocast. On the CPU the default stays
+fp32: bf16 autocast works there but is only faster on CPUs with native bf16 units.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from conta.config import RunConfig
+from conta.errors import ConfigError
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one device computes: autocast dtype (None = fp32) and memory format."""
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def from_run(cls, run: RunConfig, device: torch.device) -> Precision:
+        dtype = DTYPES[run.amp]
+        if dtype is torch.float16 and device.type != "cuda":
+            raise ConfigError("run.amp: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        return cls(device.type, dtype, run.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16; a pass-through (scale() returns the loss) otherwise."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x

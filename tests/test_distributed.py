@@ -1,0 +1,245 @@
+"""Several processes give what one process gives: DDP training with the configured effective batch,
+sharded inference (one output per image), all-reduced scores, and the `--devices` launcher.
+
+The two end-to-end tests start real process groups (Gloo on the CPU) through torchrun on
+127.0.0.1 with a port torchrun picks (--standalone); the rest checks the helpers in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import conta
+from conta.config import load_config
+from conta.data.build import build_dataset, ensure_dataset
+from conta.engine import distributed
+from conta.engine.inference import BackgroundWriter, pending
+from conta.engine.precision import Precision
+from conta.errors import ConfigError
+from conta.io import load_json, load_npz
+from conta.stages import cam
+from conta.stages.paths import round_paths
+from conta.stages.seg import micro_batches
+
+REPO = Path(conta.__file__).resolve().parent.parent
+WORKER = Path(__file__).with_name("_distributed_worker.py")
+LAUNCH_TIMEOUT = 180  # seconds; a hung rendezvous fails the test instead of the suite
+
+TINY = {
+    "run": {"device": "cpu"},
+    "data": {"dataset": "synthetic", "val_splits": ["val"],
+             "synth": {"image_size": 64, "n_train": 8, "n_val": 4, "n_val_deconfounded": 0}},
+    "cam": {"backbone": {"arch": "resnet18", "width": 4}, "batch_size": 4, "epochs": 2, "crop_size": 64,
+            "resize_long": [48, 80], "scales": [1.0, 0.5], "sweep": [0.1, 0.2]},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """(config file, overrides): the tiny synthetic dataset, made once."""
+    folder = tmp_path_factory.mktemp("distributed")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    overrides = [f"data.root={folder / 'data'}", f"run.out_dir={folder / 'runs'}"]
+    ensure_dataset(load_config(config, overrides).data, log=lambda _: None)
+    return config, overrides
+
+
+@pytest.fixture(scope="module")
+def one_process(setup: tuple[Path, list[str]]) -> Path:
+    """The reference: the CAM stage trained, inferred and evaluated in this process."""
+    config, overrides = setup
+    cfg = load_config(config, [*overrides, "run.name=one"])
+    cam.train(cfg, 0, log=lambda _: None)
+    cam.infer(cfg, 0, log=lambda _: None)
+    cam.evaluate(cfg, 0, log=lambda _: None)
+    return round_paths(cfg, 0).root
+
+
+def _launch(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a torchrun command on the loopback interface; on timeout kill its whole process group."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo", "CONTA_PROGRESS": "0",
+           "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            pytest.fail(f"{' '.join(command)} did not finish in {LAUNCH_TIMEOUT} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-4000:]
+    return subprocess.CompletedProcess(command, proc.returncode, out)
+
+
+def _only_maps(folder: Path, ids: list[str]) -> None:
+    """Exactly one npz per image and nothing else (no temporary files, no strays)."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.npz" for i in ids)
+
+
+def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[str]], one_process: Path) -> None:
+    config, overrides = setup
+    _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(WORKER), str(config), *overrides, "run.name=two"])
+    cfg = load_config(config, [*overrides, "run.name=two"])
+    two = round_paths(cfg, 0)
+
+    # training: the same steps on the same samples; frozen BN makes it exact up to float rounding
+    a = torch.load(one_process / "cam" / "model.pt", weights_only=True)["model"]
+    b = torch.load(two.cam / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    epochs_one = load_json(one_process / "metrics.json")["cam_train"]["epochs"]
+    epochs_two = load_json(two.metrics)["cam_train"]["epochs"]
+    for e1, e2 in zip(epochs_one, epochs_two, strict=True):  # losses averaged over all ranks
+        assert e2["train_loss"] == pytest.approx(e1["train_loss"], rel=1e-5)
+
+    # inference: every image exactly once, over both shards
+    ids = build_dataset(cfg.data, cfg.data.infer_split).ids
+    _only_maps(two.cam_maps, ids)
+
+    # evaluation: counts summed over ranks equal the counts of one process scoring the same maps
+    distributed_scores = load_json(two.metrics)["cam"]
+    rescored = cam.evaluate(cfg, 0, log=lambda _: None)
+    assert distributed_scores["per_class"] == rescored["per_class"] and distributed_scores["sweep"] == rescored["sweep"]
+    for name, leak in rescored["leakage"].items():  # float sums, added in another order
+        got = distributed_scores["leakage"][name]
+        assert got["images"] == leak["images"]
+        assert got["share"] == pytest.approx(leak["share"]) and got["area"] == pytest.approx(leak["area"])
+
+
+def test_devices_flag_shards_inference_over_torchrun(setup: tuple[Path, list[str]], one_process: Path,
+                                                     tmp_path: Path) -> None:
+    """`conta cam infer --devices 2` re-runs itself under torchrun; the maps equal one process's."""
+    config, overrides = setup
+    cfg = load_config(config, [*overrides, f"run.out_dir={tmp_path}", "run.name=cli"])
+    paths = round_paths(cfg, 0)
+    paths.cam.mkdir(parents=True)
+    (paths.cam / "model.pt").write_bytes((one_process / "cam" / "model.pt").read_bytes())
+    done = build_dataset(cfg.data, cfg.data.infer_split).ids[0]  # an existing map is kept, not redone
+    paths.cam_maps.mkdir()
+    (paths.cam_maps / f"{done}.npz").write_bytes((one_process / "cam" / "maps" / f"{done}.npz").read_bytes())
+
+    result = _launch([sys.executable, "-m", "conta", "cam", "infer", "--devices", "2", "--config", str(config),
+                      *overrides, f"run.out_dir={tmp_path}", "run.name=cli"])
+    # one log, rank 0's: its shard is ids[0::2], whose first map existed
+    assert "cam infer: 3 to make, 1 already done in process 0 of 2" in result.stdout
+    assert "process 1 of 2" not in result.stdout
+    ids = build_dataset(cfg.data, cfg.data.infer_split).ids
+    _only_maps(paths.cam_maps, ids)
+    for image_id in ids:
+        ours, reference = load_npz(paths.cam_maps / f"{image_id}.npz"), load_npz(one_process / "cam" / "maps" / f"{image_id}.npz")
+        np.testing.assert_array_equal(ours["keys"], reference["keys"])
+        np.testing.assert_array_equal(ours["cam"], reference["cam"])
+
+
+# -- helpers, in one process ------------------------------------------------------------------
+
+
+def _as_rank(monkeypatch: pytest.MonkeyPatch, r: int, world: int) -> None:
+    monkeypatch.setattr(distributed, "rank", lambda: r)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+
+
+def test_rank_slices_split_each_global_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    order = list(np.random.default_rng(0).permutation(24))
+    single = list(distributed.RankSlices(order, 8, range(1, 3)))
+    parts = []
+    for r in range(4):
+        _as_rank(monkeypatch, r, 4)
+        sampler = distributed.RankSlices(order, 8, range(1, 3))
+        parts.append(list(sampler))
+        assert len(sampler) == 4 and sampler.local == 2
+    # step by step, the ranks' slices put back together are the single process's batch
+    rebuilt = [i for step in range(2) for part in parts for i in part[2 * step:2 * step + 2]]
+    assert rebuilt == single == order[8:24]
+
+
+def test_effective_batch_must_divide_over_the_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    _as_rank(monkeypatch, 0, 3)
+    with pytest.raises(ConfigError, match="cam.batch_size = 16 .* divisible by their number \\(3\\)"):
+        distributed.local_batch(16, "cam.batch_size")
+    assert distributed.local_batch(15, "cam.batch_size") == 5
+
+
+def test_shards_cover_every_id_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ids = [f"im{i}" for i in range(7)]
+    (tmp_path / "im4.out").touch()
+    shards = []
+    for r in range(3):
+        _as_rank(monkeypatch, r, 3)
+        shards.append(distributed.shard(ids))
+        assert pending(ids, lambda i: (tmp_path / f"{i}.out").is_file()) == [i for i in shards[-1] if i != "im4"]
+    assert sorted(i for s in shards for i in s) == ids
+
+
+def test_single_process_fallback() -> None:
+    counts = np.arange(6).reshape(2, 3)
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.all_reduce_sum(counts) is counts
+    distributed.barrier()
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap_ddp(model, torch.device("cpu")) is model
+
+
+def test_main_only_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines: list[str] = []
+    distributed.main_only(lines.append)("rank 0")
+    _as_rank(monkeypatch, 1, 2)
+    distributed.main_only(lines.append)("rank 1")
+    assert lines == ["rank 0"]
+
+
+@pytest.mark.parametrize("argv", [["run", "--devices", "4", "cam.lr=0.1"], ["run", "--devices=4", "cam.lr=0.1"]])
+def test_devices_becomes_a_torchrun_command(argv: list[str]) -> None:
+    command = distributed.torchrun_command(4, argv)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=4" in command and "--standalone" in command
+    assert command[-4:] == ["-m", "conta", "run", "cam.lr=0.1"]
+
+
+def test_micro_batches_keep_the_memory_bound() -> None:
+    assert micro_batches(10, 5) == (5, 2)    # one process: seg.batch_size x seg.iter_size
+    assert micro_batches(5, 5) == (5, 1)     # two processes share 10
+    assert micro_batches(6, 4) == (3, 2)     # never more than seg.batch_size at once
+    assert micro_batches(7, 4) == (1, 7)
+
+
+def test_background_writer_keeps_order_and_raises() -> None:
+    done: list[int] = []
+    with BackgroundWriter(depth=2) as writer:
+        for i in range(10):
+            writer.submit(lambda i=i: done.append(i))
+    assert done == list(range(10))
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter() as writer:
+            writer.submit(fail)
+            writer.submit(lambda: done.append(-1))  # dropped after the failure
+    assert -1 not in done
+
+
+def test_precision_switches_on_the_cpu() -> None:
+    run = load_config(None, ["run.amp=bf16", "run.channels_last=true"]).run
+    precision = Precision.from_run(run, torch.device("cpu"))
+    conv = precision.model(torch.nn.Conv2d(3, 4, 3))
+    x = precision.input(torch.randn(1, 3, 8, 8))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with precision.autocast():
+        assert conv(x).dtype == torch.bfloat16
+    assert not precision.scaler().is_enabled()  # bf16 needs no loss scaling
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Precision.from_run(load_config(None, ["run.amp=fp16"]).run, torch.device("cpu"))
