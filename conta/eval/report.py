@@ -33,7 +33,8 @@ def round_rows(cfg: Config) -> list[dict[str, Any]]:
         for split in cfg.data.val_splits:
             row[f"seg_{split}"] = _get(metrics, f"seg_{split}", "miou")
         for name, value in (metrics.get("cam", {}).get("leakage") or {}).items():
-            row[f"leak {name}"] = value
+            share = value.get("share") if isinstance(value, dict) else value
+            row[f"leak {name.replace(' -> background', '')}"] = share
         rows.append(row)
     return rows
 
@@ -78,9 +79,29 @@ def write_report(runs: list[Config]) -> Path:
             image = out / f"confounders_round_{t}.png"
             draw_confounders(path, image)
             parts.append(f"Confounder set built after round {t}: ![confounders]({image.name})\n")
+    parts += cam_overlay_section(runs)
     report = out / "report.md"
     save_text(report, "\n".join(parts))
     return report
+
+
+def cam_overlay_section(runs: list[Config], n_images: int = 2) -> list[str]:
+    """CAM overlays of the same training images in every round of every run, side by side."""
+    from conta.stages.cam import show
+
+    main = runs[0]
+    first_maps = round_paths(main, 0).cam_maps
+    ids = sorted(p.stem for p in first_maps.glob("*.npz"))[:n_images] if first_maps.is_dir() else []
+    lines = ["## CAMs of the same images across rounds\n"] if ids else []
+    for cfg in runs:
+        for t in range(cfg.conta.rounds + 1):
+            for image_id in ids:
+                if not (round_paths(cfg, t).cam_maps / f"{image_id}.npz").is_file():
+                    continue
+                out = main.run_dir / "figures" / f"cam_{cfg.conta.mode}_round{t}_{image_id}.png"
+                show(cfg, t, image_id, out, log=lambda _: None)
+                lines.append(f"{cfg.conta.mode}, round {t}, `{image_id}`: ![cam]({out.relative_to(main.run_dir)})\n")
+    return lines
 
 
 def comparison_rows(series: dict[str, list[dict[str, Any]]], val_splits: list[str]) -> list[dict[str, Any]]:
