@@ -311,7 +311,6 @@ class ContaConfig:
     include_background: bool = False
     inject_at: Literal["image", "stage3", "head"] = "stage3"
     mask_vector: Literal["foreground", "per_class"] = "foreground"
-    restart_classifier: bool = True
     vary_seed: bool = True               # round t trains with seed run.seed + t
 
     def validate(self, key: str) -> None:
