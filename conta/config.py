@@ -310,7 +310,6 @@ class ContaConfig:
     prior: Literal["uniform", "frequency"] = "uniform"
     include_background: bool = False
     inject_at: Literal["image", "stage3", "head"] = "stage3"
-    mask_vector: Literal["foreground", "per_class"] = "foreground"
     vary_seed: bool = True               # round t trains with seed run.seed + t
 
     def validate(self, key: str) -> None:
