@@ -25,6 +25,14 @@ def voc(tmp_path: Path):
     return make_voc_sbd(tmp_path)
 
 
+@pytest.fixture
+def no_packaged_lists(tmp_path: Path, monkeypatch) -> None:
+    """Hide the lists shipped in conta/data/lists/voc12/, so a list the dataset lacks is really missing."""
+    empty = tmp_path / "no_packaged_lists"
+    empty.mkdir()
+    monkeypatch.setattr(voc12, "PACKAGED_LISTS", empty)
+
+
 def tag_names(vec: np.ndarray) -> list[str]:
     return [VOC_CLASSES[k] for k in np.flatnonzero(vec)]
 
@@ -94,7 +102,7 @@ def test_cam_training_step_on_train_aug(voc) -> None:
     cam_training_step(VOC12Dataset(voc.root, "train_aug"))
 
 
-def test_missing_files_give_clear_messages(voc, tmp_path: Path) -> None:
+def test_missing_files_give_clear_messages(voc, tmp_path: Path, no_packaged_lists) -> None:
     with pytest.raises(DataError, match="dataset root not found.*VOCdevkit/VOC2012"):
         VOC12Dataset(tmp_path / "nowhere", "train")
     with pytest.raises(DataError, match=r"train_aug.txt: split list not found; .*conta data voc-lists"):
@@ -113,7 +121,7 @@ def test_missing_files_give_clear_messages(voc, tmp_path: Path) -> None:
         VOC12Dataset(voc.root, "val")
 
 
-def test_data_check_reports_counts_and_what_is_missing(voc, capsys) -> None:
+def test_data_check_reports_counts_and_what_is_missing(voc, capsys, no_packaged_lists) -> None:
     assert main(["data", "check", "--dataset", "voc12", "--root", str(voc.root)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"JPEGImages/ +6 files", out) and re.search(r"SegmentationClass/ +4 files", out)
