@@ -69,6 +69,15 @@ CALIBRATION_IMAGES = 32
 # -- model files -------------------------------------------------------------------------------
 
 
+def cam_meta(cam: CamConfig, data: VOCLayoutDataset, context_at: ContextAt | None,
+             context_module: torch.nn.Module | None = None) -> dict:
+    """What model.pt records to rebuild the classifier for `data`'s classes."""
+    bb = cam.backbone
+    return {"arch": bb.arch, "width": bb.width, "strides": list(bb.strides), "dilations": list(bb.dilations),
+            "n_classes": data.n_classes, "class_names": list(data.class_names), "context_at": context_at,
+            "context_module": type(context_module).__name__ if context_module is not None else None}
+
+
 def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
                   pretrained: str | None = None, log: Log = print) -> CamNet:
     """The network `meta` describes (arch, width, strides, dilations, n_classes, context_at);
@@ -77,6 +86,12 @@ def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
     if pretrained:
         log(f"cam backbone: {load_backbone_weights(backbone, pretrained, meta['arch'], 'cam.backbone.pretrained')}")
     return CamNet(backbone, meta["n_classes"], meta["context_at"], context_module)
+
+
+def save_cam_net(path: Path, model: CamNet, meta: dict) -> None:
+    """model.pt: the weights and the `meta` that `build_cam_net` rebuilds the network from."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "meta": meta}, tmp)
 
 
 def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> CamNet:
@@ -206,15 +221,12 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     ensure_dataset(cfg.data, log=log)
     data = build_dataset(cfg.data, cfg.data.train_split)
     context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
-    bb = cfg.cam.backbone
-    meta = {"arch": bb.arch, "width": bb.width, "strides": list(bb.strides), "dilations": list(bb.dilations),
-            "n_classes": data.n_classes, "class_names": list(data.class_names), "context_at": context_at,
-            "context_module": type(context_module).__name__ if context_module is not None else None}
-    model = build_cam_net(meta, context_module, bb.pretrained, log)
+    meta = cam_meta(cfg.cam, data, context_at, context_module)
+    model = build_cam_net(meta, context_module, cfg.cam.backbone.pretrained, log)
     device = resolve_device(cfg.run.device)
     model.to(device)
     train_set = CamTrainSet(data, cfg.cam, cfg.run.seed, context_provider)
-    if not bb.pretrained:
+    if not cfg.cam.backbone.pretrained:
         _calibrate(model, train_set, device, log)
     optimizer = torch.optim.SGD(model.param_groups(cfg.cam.head_lr_mult), lr=cfg.cam.lr,
                                 momentum=cfg.cam.momentum, weight_decay=cfg.cam.weight_decay)
@@ -233,8 +245,7 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
         update_metrics(paths.metrics, "cam_train", {
             "epochs": history, "session_seconds": seconds, "max_step": max_step, "context_at": context_at,
             "val_split": cfg.data.val_splits[0] if cfg.data.val_splits else None})
-        with atomic_path(model_path) as tmp:  # written last: its presence means "trained"
-            torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+        save_cam_net(model_path, model, meta)  # written last: its presence means "trained"
     barrier()
     log(f"cam train: {model_path} written ({seconds:.1f} s this session)")
     return model_path
