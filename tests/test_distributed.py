@@ -101,8 +101,9 @@ def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[st
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
     epochs_one = load_json(one_process / "metrics.json")["cam_train"]["epochs"]
     epochs_two = load_json(two.metrics)["cam_train"]["epochs"]
-    for e1, e2 in zip(epochs_one, epochs_two, strict=True):  # losses averaged over all ranks
-        assert e2["train_loss"] == pytest.approx(e1["train_loss"], rel=1e-5)
+    for e1, e2 in zip(epochs_one, epochs_two, strict=True):  # losses averaged, validation sharded
+        for key in ("train_loss", "val_loss", "val_mAP"):
+            assert e2[key] == pytest.approx(e1[key], rel=1e-5), key
 
     # inference: every image exactly once, over both shards
     ids = build_dataset(cfg.data, cfg.data.infer_split).ids

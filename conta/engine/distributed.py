@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 import numpy as np
@@ -30,6 +31,11 @@ from conta.errors import ConfigError
 
 T = TypeVar("T")
 Log = Callable[[str], None]
+
+# How long a rank waits at a collective. Ranks wait while rank 0 alone prepares data (COCO's
+# 120k semantic masks on first use) or writes the confounder set, far beyond NCCL's 10-minute
+# default; a rank that fails exits instead, and torchrun then stops the others at once.
+BARRIER_TIMEOUT = timedelta(hours=3)
 
 
 def launched_world_size() -> int:
@@ -69,15 +75,15 @@ def without_devices(argv: Sequence[str]) -> list[str]:
 
 def init_distributed(device: torch.device) -> None:
     """Join the process group torchrun describes (no-op for one process or when already joined)."""
-    if launched_world_size() <= 1 or dist.is_initialized():
+    if launched_world_size() <= 1 or is_distributed():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
 
 
 def teardown() -> None:
-    if dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 

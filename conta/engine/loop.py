@@ -6,7 +6,8 @@ resumed from its checkpoint ends with the same weights as an uninterrupted one.
 
 Under torchrun the model is wrapped in DDP and each step's global batch of `batch_size` samples
 is split into one slice per rank (`RankSlices`), so N processes train on the samples one process
-sees, step for step. Only rank 0 validates and writes the checkpoint; every rank resumes from it.
+sees, step for step. Validation is collective (each rank scores its shard); only rank 0 writes the
+checkpoint, and every rank resumes from it.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def train_epochs(
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         summed = all_reduce_sum(np.array([seen, *totals.values()], dtype=np.float64))
         record.update({f"train_{k}": float(v / max(summed[0], 1)) for k, v in zip(totals, summed[1:])})
-        if validate is not None and is_main():
+        if validate is not None:
             model.eval()
             with torch.no_grad(), precision.autocast():
                 record.update({f"val_{k}": v for k, v in validate(model).items()})

@@ -175,19 +175,25 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _validation(data: VOCLayoutDataset, provider: ContextProvider | None,
                 device: torch.device) -> ValidateFn:
-    """Mean loss and mAP of whole (unaugmented) images, one at a time since sizes differ."""
+    """Mean loss and mAP of whole (unaugmented) images, one at a time since sizes differ.
+
+    Collective under torchrun: each rank scores its shard of the images into its rows of one
+    (images x [class scores, loss]) table, and the tables are summed over the ranks.
+    """
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        losses, scores = [], []
-        for image_id in data.ids:
+        table = np.zeros((len(data), data.n_classes + 1))
+        for index in shard(range(len(data))):
+            image_id = data.ids[index]
             x = torch.from_numpy(to_chw(normalize(data.image(image_id))))[None].to(device)
             m = torch.from_numpy(provided_map(provider, image_id))[None, None].to(device) if provider else None
             logits = model(x, m)
             y = torch.from_numpy(data.tags(image_id))[None].to(device)
-            losses.append(F.multilabel_soft_margin_loss(logits, y).item())
-            scores.append(logits[0].float().cpu().numpy())
-        ap = average_precision(np.stack(scores), data.tag_matrix())
-        return {"loss": float(np.mean(losses)), "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
+            table[index, :-1] = logits[0].float().cpu().numpy()
+            table[index, -1] = F.multilabel_soft_margin_loss(logits.float(), y).item()
+        table = all_reduce_sum(table)
+        ap = average_precision(table[:, :-1], data.tag_matrix())
+        return {"loss": float(table[:, -1].mean()), "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
 
     return validate
 
