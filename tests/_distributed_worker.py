@@ -1,28 +1,37 @@
-"""What tests/test_distributed.py starts under torchrun: the CAM stage in every process.
+"""What tests/test_distributed.py starts under torchrun: stages 1-4 in every process.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/_distributed_worker.py CONFIG [KEY=VALUE ...]
 
-Train (DDP), infer (sharded) and evaluate (confusion counts all-reduced), as `conta cam train`,
-`cam infer` and `cam eval` would, but in one launch, so the test pays for starting the processes once.
+CAM train (DDP), infer (sharded), evaluate (confusion counts all-reduced), then seed labels
+(sharded), IRN training (DDP) and the random walk (sharded), as `conta cam train`, `cam infer`,
+`cam eval` and `conta pseudo-mask` would, but in one launch, so the test starts processes once.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from conta.config import load_config
+from conta.config import Config, load_config
 from conta.engine.device import resolve_device
 from conta.engine.distributed import init_distributed, teardown
 from conta.stages import cam
+from conta.stages.pseudo_mask import run_pseudo_mask_stages
+
+
+def run_stages(cfg: Config, log: Callable[[str], None] = print) -> None:
+    """Stages 1-4 of round 0; the test runs the same in one process for reference."""
+    cam.train(cfg, 0, log=log)
+    cam.infer(cfg, 0, log=log)
+    cam.evaluate(cfg, 0, log=log)
+    run_pseudo_mask_stages(cfg, 0, log=log)
 
 
 def main(config: str, *overrides: str) -> None:
     cfg = load_config(config, overrides)
     init_distributed(resolve_device(cfg.run.device))
     try:
-        cam.train(cfg, 0)
-        cam.infer(cfg, 0)
-        cam.evaluate(cfg, 0)
+        run_stages(cfg)
     finally:
         teardown()
 

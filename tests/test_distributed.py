@@ -1,5 +1,6 @@
-"""Several processes give what one process gives: DDP training with the configured effective batch,
-sharded inference (one output per image), all-reduced scores, and the `--devices` launcher.
+"""Several processes give what one process gives: DDP training with the configured effective batch
+(CAM classifier and IRN), sharded inference (one output per image), all-reduced scores, and the
+`--devices` launcher.
 
 The two end-to-end tests start real process groups (Gloo on the CPU) through torchrun on
 127.0.0.1 with a port torchrun picks (--standalone); the rest checks the helpers in one process.
@@ -25,10 +26,12 @@ from conta.engine import distributed
 from conta.engine.inference import BackgroundWriter, pending
 from conta.engine.precision import Precision
 from conta.errors import ConfigError
-from conta.io import load_json, load_npz
+from conta.io import load_json, load_label_png, load_npz
 from conta.stages import cam
 from conta.stages.paths import round_paths
 from conta.stages.seg import micro_batches
+
+from _distributed_worker import run_stages
 
 REPO = Path(conta.__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("_distributed_worker.py")
@@ -40,6 +43,9 @@ TINY = {
              "synth": {"image_size": 64, "n_train": 8, "n_val": 4, "n_val_deconfounded": 0}},
     "cam": {"backbone": {"arch": "resnet18", "width": 4}, "batch_size": 4, "epochs": 2, "crop_size": 64,
             "resize_long": [48, 80], "scales": [1.0, 0.5], "sweep": [0.1, 0.2]},
+    "ir_label": {"crf": {"enabled": False}, "workers": 1},
+    "irn": {"backbone": {"arch": "resnet18", "width": 8}, "batch_size": 4, "epochs": 1, "crop_size": 64, "radius": 5},
+    "pseudo_mask": {"radius": 5, "workers": 1},
 }
 
 
@@ -56,12 +62,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="module")
 def one_process(setup: tuple[Path, list[str]]) -> Path:
-    """The reference: the CAM stage trained, inferred and evaluated in this process."""
+    """The reference: stages 1-4 in this process."""
     config, overrides = setup
     cfg = load_config(config, [*overrides, "run.name=one"])
-    cam.train(cfg, 0, log=lambda _: None)
-    cam.infer(cfg, 0, log=lambda _: None)
-    cam.evaluate(cfg, 0, log=lambda _: None)
+    run_stages(cfg, log=lambda _: None)
     return round_paths(cfg, 0).root
 
 
@@ -81,12 +85,20 @@ def _launch(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(command, proc.returncode, out)
 
 
-def _only_maps(folder: Path, ids: list[str]) -> None:
-    """Exactly one npz per image and nothing else (no temporary files, no strays)."""
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.npz" for i in ids)
+def _only_outputs(folder: Path, ids: list[str], suffix: str) -> None:
+    """Exactly one output per image and nothing else (no temporary files, no strays) but the
+    stage's completion marker."""
+    assert sorted(p.name for p in folder.iterdir() if p.name != "DONE.json") == sorted(f"{i}{suffix}" for i in ids)
 
 
-def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[str]], one_process: Path) -> None:
+def _same_weights(a: Path, b: Path, rtol: float, atol: float) -> None:
+    one, two = (torch.load(path, weights_only=True)["model"] for path in (a, b))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=atol, msg=key)
+
+
+def test_two_processes_run_stages_1_to_4_like_one(setup: tuple[Path, list[str]], one_process: Path) -> None:
     config, overrides = setup
     _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
              str(WORKER), str(config), *overrides, "run.name=two"])
@@ -94,11 +106,7 @@ def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[st
     two = round_paths(cfg, 0)
 
     # training: the same steps on the same samples; frozen BN makes it exact up to float rounding
-    a = torch.load(one_process / "cam" / "model.pt", weights_only=True)["model"]
-    b = torch.load(two.cam / "model.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    _same_weights(one_process / "cam" / "model.pt", two.cam / "model.pt", rtol=1e-5, atol=1e-6)
     epochs_one = load_json(one_process / "metrics.json")["cam_train"]["epochs"]
     epochs_two = load_json(two.metrics)["cam_train"]["epochs"]
     for e1, e2 in zip(epochs_one, epochs_two, strict=True):  # losses averaged, validation sharded
@@ -107,7 +115,7 @@ def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[st
 
     # inference: every image exactly once, over both shards
     ids = build_dataset(cfg.data, cfg.data.infer_split).ids
-    _only_maps(two.cam_maps, ids)
+    _only_outputs(two.cam_maps, ids, ".npz")
 
     # evaluation: counts summed over ranks equal the counts of one process scoring the same maps
     distributed_scores = load_json(two.metrics)["cam"]
@@ -117,6 +125,17 @@ def test_two_processes_train_infer_and_score_like_one(setup: tuple[Path, list[st
         got = distributed_scores["leakage"][name]
         assert got["images"] == leak["images"]
         assert got["share"] == pytest.approx(leak["share"]) and got["area"] == pytest.approx(leak["area"])
+
+    # stages 2-4: sharded seeds and random walk, and an IRN whose pair-mean losses share one
+    # normaliser over the ranks, so it too trains like one process (its lr is 10x on displacement)
+    _same_weights(one_process / "irn" / "model.pt", two.irn / "model.pt", rtol=1e-4, atol=5e-5)
+    for folder, one_folder in ((two.ir_label, one_process / "ir_label"), (two.pseudo_mask, one_process / "pseudo_mask")):
+        _only_outputs(folder, ids, ".png")
+        agree = np.mean([np.mean(load_label_png(folder / f"{i}.png") == load_label_png(one_folder / f"{i}.png"))
+                         for i in ids])
+        assert agree > 0.999, folder
+    assert load_json(two.metrics)["pseudo_mask"]["miou"] == pytest.approx(
+        load_json(one_process / "metrics.json")["pseudo_mask"]["miou"], abs=1e-3)
 
 
 def test_devices_flag_shards_inference_over_torchrun(setup: tuple[Path, list[str]], one_process: Path,
@@ -137,7 +156,7 @@ def test_devices_flag_shards_inference_over_torchrun(setup: tuple[Path, list[str
     assert "cam infer: 3 to make, 1 already done in process 0 of 2" in result.stdout
     assert "process 1 of 2" not in result.stdout
     ids = build_dataset(cfg.data, cfg.data.infer_split).ids
-    _only_maps(paths.cam_maps, ids)
+    _only_outputs(paths.cam_maps, ids, ".npz")
     for image_id in ids:
         ours, reference = load_npz(paths.cam_maps / f"{image_id}.npz"), load_npz(one_process / "cam" / "maps" / f"{image_id}.npz")
         np.testing.assert_array_equal(ours["keys"], reference["keys"])

@@ -133,6 +133,16 @@ def all_reduce_sum(array: np.ndarray) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean over ranks of a tensor on this rank's device, as float64 (exact for
+    counts); the tensor itself for one process."""
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().double()
+    dist.all_reduce(total)
+    return total / world_size()
+
+
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's share of `items`: items[rank::world] (every item on exactly one rank)."""
     return list(items[rank()::world_size()])

@@ -7,6 +7,8 @@ stage-2 seeds; inference feeds the boundary map to the random walk (conta.ops.ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -161,46 +163,64 @@ def affinity_labels(labels: Tensor, index: PathIndex, n_classes: int | None = No
     return same & (src == 0), same & (src > 0), valid & (src != dst)
 
 
-def _masked_mean(values: Tensor, mask: Tensor, scale: float = 1.0) -> Tensor:
+PairCounts = tuple[Tensor, Tensor, Tensor]
+"""The normalisers of the (bg_pos, fg_pos, neg) means; by default each mask's own count."""
+
+
+def _masked_mean(values: Tensor, mask: Tensor, scale: float = 1.0, count: Tensor | None = None) -> Tensor:
     """Sum over the pairs in `mask`, divided by scale * their count (+ EPS, so empty masks give 0)."""
-    return (values * mask).sum() / (scale * mask.sum() + EPS)
+    count = mask.sum() if count is None else count
+    return (values * mask).sum() / (scale * count.to(values.dtype) + EPS)
 
 
-def affinity_loss(affinity: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+def affinity_loss(affinity: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor,
+                  counts: PairCounts | None = None) -> tuple[Tensor, Tensor]:
     """(L_pos, L_neg): -log a on positives (bg and fg halves weighted equally), -log(1 - a) on negatives."""
+    n_bg, n_fg, n_neg = counts or (None, None, None)
     pos = -torch.log(affinity + EPS)
-    loss_pos = 0.5 * _masked_mean(pos, bg_pos) + 0.5 * _masked_mean(pos, fg_pos)
-    loss_neg = _masked_mean(-torch.log(1.0 + EPS - affinity), neg)
+    loss_pos = 0.5 * _masked_mean(pos, bg_pos, count=n_bg) + 0.5 * _masked_mean(pos, fg_pos, count=n_fg)
+    loss_neg = _masked_mean(-torch.log(1.0 + EPS - affinity), neg, count=n_neg)
     return loss_pos, loss_neg
 
 
-def displacement_loss(displacement: Tensor, index: PathIndex, bg_pos: Tensor, fg_pos: Tensor) -> tuple[Tensor, Tensor]:
+def displacement_loss(displacement: Tensor, index: PathIndex, bg_pos: Tensor, fg_pos: Tensor,
+                      counts: PairCounts | None = None) -> tuple[Tensor, Tensor]:
     """(L_dfg, L_dbg): L1 of D(src) - D(dst) against the offset on fg pairs, against 0 on bg pairs.
 
     Pixels of one instance point at one centroid, so x_i + D_i = x_j + D_j, i.e. D_i - D_j = x_j - x_i.
     """
+    n_bg, n_fg, _ = counts or (None, None, None)
     delta = index.sources(displacement).unsqueeze(2) - index.destinations(displacement)  # (B, 2, n_off, n_src)
     target = index.offsets.t().to(delta).unsqueeze(-1)                          # (2, n_off, 1)
-    loss_fg = _masked_mean((delta - target).abs().sum(dim=1), fg_pos, scale=2.0)
-    loss_bg = _masked_mean(delta.abs().sum(dim=1), bg_pos, scale=2.0)
+    loss_fg = _masked_mean((delta - target).abs().sum(dim=1), fg_pos, scale=2.0, count=n_fg)
+    loss_bg = _masked_mean(delta.abs().sum(dim=1), bg_pos, scale=2.0, count=n_bg)
     return loss_fg, loss_bg
 
 
 def irn_losses(outputs: tuple[Tensor, Tensor], labels: Tensor, index: PathIndex,
-               n_classes: int | None = None) -> dict[str, Tensor]:
+               n_classes: int | None = None,
+               pair_counts: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """All IRN losses for one batch: model outputs at stride 4 and seed labels (B, Hf, Wf) at stride 4.
 
     `index` must be built for the output grid (training uses radius 10). "total" is
     (L_pos + L_neg) / 2 + (L_dfg + L_dbg) / 2. Losses are computed in float32 whatever the
     autocast dtype: -log(a + 1e-5) needs more precision than bf16 has.
+
+    Each loss is a mean over the batch's pairs. `pair_counts` maps the batch's (bg_pos, fg_pos,
+    neg) pair counts to the normalisers; under DDP, their mean over the ranks, so the gradients
+    DDP averages are those of one process holding the whole batch (each rank's own counts would
+    weight its pairs by how few it has).
     """
     boundary_logits, displacement = (t.float() for t in outputs)
     if tuple(boundary_logits.shape[-2:]) != index.grid_size or tuple(displacement.shape[-2:]) != index.grid_size:
         raise ValueError(f"outputs are {tuple(boundary_logits.shape[-2:])} but the path index is for {index.grid_size}")
     bg_pos, fg_pos, neg = affinity_labels(labels, index, n_classes)
+    counts = None
+    if pair_counts is not None:
+        counts = tuple(pair_counts(torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()])))
     affinity = path_affinity(torch.sigmoid(boundary_logits[:, 0]), index)
-    pos, neg_loss = affinity_loss(affinity, bg_pos, fg_pos, neg)
-    dfg, dbg = displacement_loss(displacement, index, bg_pos, fg_pos)
+    pos, neg_loss = affinity_loss(affinity, bg_pos, fg_pos, neg, counts)
+    dfg, dbg = displacement_loss(displacement, index, bg_pos, fg_pos, counts)
     return {
         "affinity_pos": pos,
         "affinity_neg": neg_loss,

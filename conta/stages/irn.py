@@ -23,7 +23,7 @@ from conta.data.transforms import normalize, random_crop, random_hflip, rescale,
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_model_weights, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
-from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard
+from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, mean_over_ranks, shard
 from conta.engine.loop import EpochTraining, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
@@ -164,7 +164,8 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
         f"({index.n_offsets} offsets x {index.n_src} sources), device {device}")
 
     def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        losses = irn_losses(net(batch["image"]), batch["label"], index, dataset.n_classes)
+        losses = irn_losses(net(batch["image"]), batch["label"], index, dataset.n_classes,
+                            pair_counts=mean_over_ranks)  # exact under DDP: one normaliser for all ranks
         total = losses.pop("total")
         return total, {name: value.item() for name, value in losses.items()}
 
