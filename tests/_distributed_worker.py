@@ -1,10 +1,11 @@
-"""What tests/test_distributed.py starts under torchrun: stages 1-4 in every process.
+"""What tests/test_distributed.py starts under torchrun: stages 1-5 in every process.
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/_distributed_worker.py CONFIG [KEY=VALUE ...]
 
-CAM train (DDP), infer (sharded), evaluate (confusion counts all-reduced), then seed labels
-(sharded), IRN training (DDP) and the random walk (sharded), as `conta cam train`, `cam infer`,
-`cam eval` and `conta pseudo-mask` would, but in one launch, so the test starts processes once.
+CAM train (DDP), infer (sharded), evaluate (confusion counts all-reduced), seed labels
+(sharded), IRN training (DDP), the random walk (sharded), DeepLab training (DDP) and test
+(sharded, scores all-reduced), as the `conta` stage commands would, but in one launch, so the
+test starts processes once.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from collections.abc import Callable
 from conta.config import Config, load_config
 from conta.engine.device import resolve_device
 from conta.engine.distributed import init_distributed, teardown
-from conta.stages import cam
+from conta.stages import cam, seg
 from conta.stages.pseudo_mask import run_pseudo_mask_stages
 
 
 def run_stages(cfg: Config, log: Callable[[str], None] = print) -> None:
-    """Stages 1-4 of round 0; the test runs the same in one process for reference."""
+    """Stages 1-5 of round 0; the test runs the same in one process for reference."""
     cam.train(cfg, 0, log=log)
     cam.infer(cfg, 0, log=log)
     cam.evaluate(cfg, 0, log=log)
     run_pseudo_mask_stages(cfg, 0, log=log)
+    seg.train(cfg, 0, log=log)
+    seg.test(cfg, 0, "val", log=log)
 
 
 def main(config: str, *overrides: str) -> None:

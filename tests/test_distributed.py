@@ -1,5 +1,5 @@
 """Several processes give what one process gives: DDP training with the configured effective batch
-(CAM classifier and IRN), sharded inference (one output per image), all-reduced scores, and the
+(CAM classifier, IRN, DeepLab), sharded inference (one output per image), all-reduced scores, and the
 `--devices` launcher.
 
 The two end-to-end tests start real process groups (Gloo on the CPU) through torchrun on
@@ -46,6 +46,9 @@ TINY = {
     "ir_label": {"crf": {"enabled": False}, "workers": 1},
     "irn": {"backbone": {"arch": "resnet18", "width": 8}, "batch_size": 4, "epochs": 1, "crop_size": 64, "radius": 5},
     "pseudo_mask": {"radius": 5, "workers": 1},
+    "seg": {"arch": "resnet18", "width": 8, "crop_size": 65, "batch_size": 2, "iter_size": 2, "iterations": 4,
+            "lr": 0.002, "label_source": "gt", "scales": [0.75, 1.0, 1.25], "log_every": 100, "image_log_every": 100,
+            "save_every": 100},
 }
 
 
@@ -62,7 +65,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="module")
 def one_process(setup: tuple[Path, list[str]]) -> Path:
-    """The reference: stages 1-4 in this process."""
+    """The reference: stages 1-5 in this process."""
     config, overrides = setup
     cfg = load_config(config, [*overrides, "run.name=one"])
     run_stages(cfg, log=lambda _: None)
@@ -98,7 +101,7 @@ def _same_weights(a: Path, b: Path, rtol: float, atol: float) -> None:
         torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=atol, msg=key)
 
 
-def test_two_processes_run_stages_1_to_4_like_one(setup: tuple[Path, list[str]], one_process: Path) -> None:
+def test_two_processes_run_stages_1_to_5_like_one(setup: tuple[Path, list[str]], one_process: Path) -> None:
     config, overrides = setup
     _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
              str(WORKER), str(config), *overrides, "run.name=two"])
@@ -136,6 +139,14 @@ def test_two_processes_run_stages_1_to_4_like_one(setup: tuple[Path, list[str]],
         assert agree > 0.999, folder
     assert load_json(two.metrics)["pseudo_mask"]["miou"] == pytest.approx(
         load_json(one_process / "metrics.json")["pseudo_mask"]["miou"], abs=1e-3)
+
+    # DeepLab: 2 processes split each iteration's 2 x 2 crops into one micro-batch each, the very
+    # micro-batches one process accumulates, so the steps are the same; test predictions sharded
+    _same_weights(one_process / "seg" / "model.pt", two.seg / "model.pt", rtol=1e-4, atol=1e-5)
+    val_ids = build_dataset(cfg.data, "val").ids
+    _only_outputs(two.seg_pred("val"), val_ids, ".png")
+    assert load_json(two.metrics)["seg_val"]["miou"] == pytest.approx(
+        load_json(one_process / "metrics.json")["seg_val"]["miou"], abs=1e-3)
 
 
 def test_devices_flag_shards_inference_over_torchrun(setup: tuple[Path, list[str]], one_process: Path,
