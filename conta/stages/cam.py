@@ -155,9 +155,10 @@ def provided_map(provider: ContextProvider, image_id: str) -> np.ndarray:
 
 
 def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    """IRNet's multilabel soft-margin loss (sigmoid BCE averaged over classes and batch)."""
+    """IRNet's multilabel soft-margin loss (sigmoid BCE averaged over classes and batch), in float32
+    under autocast too (log-sigmoid of fp16 logits loses the small losses of confident classes)."""
     logits = model(batch["image"], batch.get("context"))
-    return F.multilabel_soft_margin_loss(logits, batch["label"]), {}
+    return F.multilabel_soft_margin_loss(logits.float(), batch["label"]), {}
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
