@@ -310,6 +310,7 @@ class ContaConfig:
     prior: Literal["uniform", "frequency"] = "uniform"
     include_background: bool = False
     inject_at: Literal["image", "stage3", "head"] = "stage3"
+    unit_prior: bool = False             # rescale P(c) to mean 1 so M spans a mask's range
     vary_seed: bool = True               # round t trains with seed run.seed + t
 
     def validate(self, key: str) -> None:

@@ -108,3 +108,14 @@ def test_confounder_set_file_lookup(tmp_path):
     assert cs.size == (2, 2) and cs.class_names == ["a", "b", "c"]
     np.testing.assert_array_equal(cs.mask_input("i1"), xm[1].astype(np.float32))
     np.testing.assert_array_equal(cs.mask_input("unknown"), np.zeros((2, 2), np.float32))
+
+
+def test_unit_prior_rescales_m_to_a_mask_range():
+    conf = torch.ones(4, 2, 2)
+    prior = torch.full((4,), 0.25)
+    plain = ConfounderAttention(conf, prior)
+    unit = ConfounderAttention(conf, prior, unit_prior=True)
+    unit.load_state_dict(plain.state_dict())
+    xm = torch.rand(1, 1, 2, 2)
+    torch.testing.assert_close(plain(xm), torch.full((1, 1, 2, 2), 0.25))  # sum_i alpha_i * 1 * 1/4
+    torch.testing.assert_close(unit(xm), torch.ones(1, 1, 2, 2))

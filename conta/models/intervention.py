@@ -19,7 +19,8 @@ from torch import Tensor, nn
 class ConfounderAttention(nn.Module):
     """Maps a batch of previous-round masks X_m (B, 1, h, w) to the context M (B, 1, h, w)."""
 
-    def __init__(self, confounders: Tensor, prior: Tensor, embed_dim: int | None = None) -> None:
+    def __init__(self, confounders: Tensor, prior: Tensor, embed_dim: int | None = None,
+                 unit_prior: bool = False) -> None:
         super().__init__()
         if confounders.dim() != 3:
             raise ValueError(f"confounders must be n x h x w, got shape {tuple(confounders.shape)}")
@@ -35,6 +36,10 @@ class ConfounderAttention(nn.Module):
         nn.init.normal_(self.query.weight, std=0.02)
         nn.init.normal_(self.key.weight, std=0.02)
         self.scale = 1.0 / math.sqrt(n)
+        # With a uniform prior M is at most 1/n of a mask; `unit_prior` divides the prior by its
+        # mean so M has the range of a mask, which the zero-initialised filters reading it need
+        # to learn at all at the backbone's learning rate (docs/conta.md, "Results").
+        self.prior_gain = float(n / prior.sum()) if unit_prior else 1.0
 
     @property
     def n_confounders(self) -> int:
@@ -48,7 +53,7 @@ class ConfounderAttention(nn.Module):
 
     def forward(self, xm: Tensor) -> Tensor:
         alpha = self.attention(xm)                                  # B x n
-        weighted = self.confounders * self.prior[:, None]           # n x hw: c_i P(c_i)
+        weighted = self.confounders * (self.prior * self.prior_gain)[:, None]  # n x hw: c_i P(c_i)
         m = alpha @ weighted                                        # B x hw
         return m.reshape(xm.shape[0], 1, *self.size)
 

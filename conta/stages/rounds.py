@@ -50,7 +50,8 @@ def context_for_round(cfg: Config, t: int) -> tuple[Callable | None, torch.nn.Mo
     confounders = ConfounderSet(round_paths(cfg, t - 1).confounder)
     if cfg.conta.mode == "mask":
         return confounders.mask_input, None
-    module = ConfounderAttention(torch.from_numpy(confounders.confounders), torch.from_numpy(confounders.prior))
+    module = ConfounderAttention(torch.from_numpy(confounders.confounders), torch.from_numpy(confounders.prior),
+                                 unit_prior=cfg.conta.unit_prior)
     return confounders.mask_input, module
 
 
