@@ -7,7 +7,7 @@ CONFIG  ?= configs/demo.yaml
 .PHONY: demo test venv clean-runs
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
-	bash scripts/bootstrap.sh $(VENV) crf,dev
+	bash scripts/bootstrap.sh $(VENV) crf,coco,caffe,dev
 	@touch $@
 
 venv: $(STAMP)

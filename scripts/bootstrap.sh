@@ -4,7 +4,7 @@
 #   usage: scripts/bootstrap.sh VENV_DIR EXTRAS
 set -euo pipefail
 venv=${1:-.venv}
-extras=${2:-crf,dev}
+extras=${2:-crf,coco,caffe,dev}
 python=${PYTHON:-python3}
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
