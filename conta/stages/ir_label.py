@@ -110,6 +110,20 @@ def scored_ids(dataset: VOCLayoutDataset, pred_dir: Path) -> list[str]:
     return [i for i in with_gt if (pred_dir / f"{i}.png").is_file()]
 
 
+def finish_and_find_scored(cfg: Config, folder: Path, n_images: int, name: str,
+                           log: Callable[[str], None]) -> tuple[VOCLayoutDataset, list[str]]:
+    """After every rank has written its shard: mark `folder` complete, and return the eval split
+    with the ids that have both ground truth and an output (none: said, and nothing to score)."""
+    barrier()
+    if is_main():
+        write_done_marker(folder, {"images": n_images})
+    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
+    ids = scored_ids(eval_set, folder)
+    if not ids:
+        log(f"{name}: no ground truth for split {cfg.data.eval_split}; not scored")
+    return eval_set, ids
+
+
 def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
     """Write round_<t>/ir_label/<id>.png for every infer-split image (existing files are kept),
     then score the seeds on the eval split; returns the metrics stored under "ir_label".
@@ -127,13 +141,8 @@ def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> d
         f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}")
     jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label) for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
-    barrier()
-    if is_main():
-        write_done_marker(paths.ir_label, {"images": len(dataset)})
-    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
-    ids = scored_ids(eval_set, paths.ir_label)
+    eval_set, ids = finish_and_find_scored(cfg, paths.ir_label, len(dataset), "ir labels", log)
     if not ids:
-        log(f"ir labels: no ground truth for split {cfg.data.eval_split}; not scored")
         return {}
     metrics = score_seeds(eval_set, ids, paths.ir_label)
     if is_main():

@@ -21,7 +21,7 @@ from conta.data.build import build_dataset
 from conta.data.palette import voc_palette
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import resolve_device
-from conta.engine.distributed import barrier, is_main, local_world_size, main_only
+from conta.engine.distributed import is_main, local_world_size, main_only
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.parallel import run_parallel
 from conta.errors import ConfigError
@@ -31,9 +31,10 @@ from conta.io import load_label_png, load_rgb, save_label_png
 from conta.models.irn import IRN, infer_boundary_displacement
 from conta.ops.cam_fusion import upsample_cam
 from conta.ops.random_walk import propagate
-from conta.stages.ir_label import CamRecord, make_ir_labels, read_cam, require_cams, scored_ids, threshold_argmax
+from conta.stages.ir_label import (CamRecord, finish_and_find_scored, make_ir_labels, read_cam, require_cams,
+                                   threshold_argmax)
 from conta.stages.irn import image_tensor, load_irn, train_irn
-from conta.stages.paths import round_paths, update_metrics, write_done_marker
+from conta.stages.paths import round_paths, update_metrics
 
 STEPS = ("ir_label", "irn", "pseudo_mask")
 
@@ -110,13 +111,8 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     elif todo:
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
         _walk_on_device(cfg, t, dataset, todo, device)
-    barrier()
-    if is_main():
-        write_done_marker(paths.pseudo_mask, {"images": len(dataset)})
-    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
-    ids = scored_ids(eval_set, paths.pseudo_mask)
+    eval_set, ids = finish_and_find_scored(cfg, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
     if not ids:
-        log(f"pseudo-masks: no ground truth for split {cfg.data.eval_split}; not scored")
         return {}
     scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"))
     scores["images"] = len(ids)
