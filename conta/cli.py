@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "handler"):
-        parser.print_help()
+    if not hasattr(args, "handler"):  # a command group without its subcommand: show that group
+        getattr(args, "help_of", parser).print_help()
         return 2
     devices = getattr(args, "devices", None)
     try:
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--split", required=True, help="split list under ImageSets/Segmentation")
     masks.add_argument("--json", type=Path, help="also write the scores as JSON here")
     masks.set_defaults(handler=_cmd_eval_masks, config=None, overrides=[])
+    for command in sub.choices.values():
+        command.set_defaults(help_of=command)
     return parser
 
 

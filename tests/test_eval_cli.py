@@ -175,3 +175,11 @@ def test_python_dash_m_conta() -> None:
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0
     assert done.stdout.strip() == f"conta {__version__}"
+
+
+def test_a_command_group_without_subcommand_shows_its_own_help(capsys):
+    from conta.cli import main
+
+    assert main(["seg"]) == 2
+    out = capsys.readouterr().out
+    assert "usage: conta seg" in out and "train" in out and "crf" in out
