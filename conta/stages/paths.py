@@ -86,12 +86,6 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 
 def write_done_marker(folder: Path, info: dict[str, Any] | None = None) -> None:
-    """A stage that wrote every output marks its folder complete, so reruns skip it."""
+    """Record that every output of a folder is written (for people and scripts inspecting a run;
+    the stages themselves resume file by file)."""
     save_json(folder / "DONE.json", info or {})
-
-
-def is_done(folder: Path) -> bool:
-    return (folder / "DONE.json").is_file()
-
-
-__all__ = ["RoundPaths", "round_paths", "write_run_config", "update_metrics", "read_metrics", "write_done_marker", "is_done"]
