@@ -18,7 +18,7 @@ from pathlib import Path
 from conta import __version__
 from conta.config import Config, DataConfig, load_config
 from conta.engine.device import resolve_device
-from conta.engine.distributed import (init_distributed, launched_world_size, rank, teardown, torchrun_command,
+from conta.engine.distributed import (barrier, init_distributed, launched_world_size, rank, teardown, torchrun_command,
                                       world_size)
 from conta.errors import ContaError
 
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             return _launch(devices, argv)
         cfg = _config_from_args(args)
         init_distributed(resolve_device(cfg.run.device))
-        return int(args.handler(args, cfg) or 0)
+        status = int(args.handler(args, cfg) or 0)
+        # Leave together: destroying the process group while a peer is still inside the last
+        # collective aborts that peer (Gloo: "terminate called without an active exception").
+        barrier()
+        return status
     except ContaError as exc:
         where = f" (process {rank()} of {world_size()})" if world_size() > 1 else ""
         print(f"conta: error{where}: {exc}", file=sys.stderr)

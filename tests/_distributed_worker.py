@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from conta.config import Config, load_config
 from conta.engine.device import resolve_device
-from conta.engine.distributed import init_distributed, teardown
+from conta.engine.distributed import barrier, init_distributed, teardown
 from conta.stages import cam, seg
 from conta.stages.pseudo_mask import run_pseudo_mask_stages
 
@@ -35,6 +35,7 @@ def main(config: str, *overrides: str) -> None:
     init_distributed(resolve_device(cfg.run.device))
     try:
         run_stages(cfg)
+        barrier()  # as conta.cli does: no rank tears the group down while another is still working
     finally:
         teardown()
 
