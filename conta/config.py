@@ -237,6 +237,9 @@ class IrnConfig:
     crop_size: int = 512
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     radius: int = 10
+    # The displacement branch feeds only IRNet's instance step, which CONTA skips; false leaves it
+    # out (the boundaries, hence the pseudo-masks, do not depend on it) and saves its cost.
+    displacement: bool = True
 
     def validate(self, key: str) -> None:
         _positive(self, key, "batch_size", "epochs", "lr", "crop_size", "radius")

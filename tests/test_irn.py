@@ -41,6 +41,31 @@ def test_forward_shapes_and_frozen_backbone(model: IRN) -> None:
     assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in heads}
 
 
+def test_boundary_branch_trains_the_same_without_the_displacement_branch() -> None:
+    """irn.displacement=false may only save time: the boundary branch must learn exactly as before."""
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    labels = torch.randint(0, 3, (2, 8, 12), generator=torch.Generator().manual_seed(3))
+    index = PathIndex(3, (8, 12))
+    trained = []
+    for displacement in (True, False):
+        torch.manual_seed(0)
+        net = IRN(resnet("resnet18", width=8), displacement=displacement).train()
+        optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+        for _ in range(2):
+            losses = irn_losses(net(x), labels, index)
+            optimizer.zero_grad()
+            losses["total"].backward()
+            optimizer.step()
+        trained.append((net, losses))
+    (full, full_losses), (lean, lean_losses) = trained
+    assert lean.displacement_head is None and lean(x)[1] is None
+    assert set(lean_losses) == {"affinity_pos", "affinity_neg", "total"}
+    assert torch.equal(lean_losses["total"], (lean_losses["affinity_pos"] + lean_losses["affinity_neg"]) / 2)
+    for a, b in zip(full.boundary_head.parameters(), lean.boundary_head.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert infer_boundary_displacement(lean, x[0])[1] is None
+
+
 def test_displacement_mean_is_subtracted_in_eval_only(model: IRN) -> None:
     x = torch.randn(1, 3, 32, 32)
     model.train()

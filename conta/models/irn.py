@@ -91,13 +91,16 @@ class IRN(nn.Module):
     The backbone gets no gradient and stays in eval mode whatever `train()` is called with; only
     `boundary_head` and `displacement_head` are trainable (the stage gives the latter its lr
     multiplier). In eval the stored `displacement_mean` is subtracted from the displacements.
+    With `displacement=False` the network has no displacement branch (only IRNet's instance step
+    reads it; the branches share nothing trainable, so the boundaries are the same without it) and
+    returns None in its place.
     """
 
-    def __init__(self, backbone: ResNet) -> None:
+    def __init__(self, backbone: ResNet, displacement: bool = True) -> None:
         super().__init__()
         self.backbone = backbone.requires_grad_(False)
         self.boundary_head = BoundaryBranch(backbone.out_channels)
-        self.displacement_head = DisplacementBranch(backbone.out_channels)
+        self.displacement_head = DisplacementBranch(backbone.out_channels) if displacement else None
         self.register_buffer("displacement_mean", torch.zeros(2))
         self.backbone.eval()
 
@@ -106,11 +109,13 @@ class IRN(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, H, W) with H, W multiples of 16 -> boundary logits (B, 1, H/4, W/4), displacement (B, 2, H/4, W/4)."""
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, 3, H, W) with H, W multiples of 16 -> boundary logits (B, 1, H/4, W/4), displacement (B, 2, H/4, W/4) or None."""
         with torch.no_grad():
             feats = [f.detach() for f in self.backbone.forward_stages(x)]
         boundary = self.boundary_head(feats)
+        if self.displacement_head is None:
+            return boundary, None
         displacement = self.displacement_head(feats)
         if not self.training:
             displacement = displacement - self.displacement_mean.view(1, 2, 1, 1)
@@ -118,8 +123,9 @@ class IRN(nn.Module):
 
 
 @torch.no_grad()
-def infer_boundary_displacement(model: IRN, image: Tensor) -> tuple[Tensor, Tensor]:
-    """Boundary (h, w) in [0, 1] and displacement (2, h, w) for one normalised image (3, H, W).
+def infer_boundary_displacement(model: IRN, image: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Boundary (h, w) in [0, 1] and displacement (2, h, w) (None without the branch) for one
+    normalised image (3, H, W).
 
     h, w = ceil(H/4), ceil(W/4). The image and its mirror are zero-padded right/bottom to a
     multiple of 16 (any size, unlike the reference's fixed 512 crop); the boundary averages the
@@ -140,7 +146,7 @@ def infer_boundary_displacement(model: IRN, image: Tensor) -> tuple[Tensor, Tens
         model.train(was_training)
     logits = logits[:, 0, :h, :w]
     boundary = torch.sigmoid(0.5 * logits[0] + 0.5 * logits[1].flip(-1))
-    return boundary, displacement[0, :, :h, :w]
+    return boundary, None if displacement is None else displacement[0, :, :h, :w]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,13 +203,14 @@ def displacement_loss(displacement: Tensor, index: PathIndex, bg_pos: Tensor, fg
     return loss_fg, loss_bg
 
 
-def irn_losses(outputs: tuple[Tensor, Tensor], labels: Tensor, index: PathIndex,
+def irn_losses(outputs: tuple[Tensor, Tensor | None], labels: Tensor, index: PathIndex,
                n_classes: int | None = None,
                pair_counts: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """All IRN losses for one batch: model outputs at stride 4 and seed labels (B, Hf, Wf) at stride 4.
 
     `index` must be built for the output grid (training uses radius 10). "total" is
-    (L_pos + L_neg) / 2 + (L_dfg + L_dbg) / 2. Losses are computed in float32 whatever the
+    (L_pos + L_neg) / 2 + (L_dfg + L_dbg) / 2, the affinity half alone when the displacement
+    output is None. Losses are computed in float32 whatever the
     autocast dtype: -log(a + 1e-5) needs more precision than bf16 has.
 
     Each loss is a mean over the batch's pairs. `pair_counts` maps the batch's (bg_pos, fg_pos,
@@ -211,8 +218,9 @@ def irn_losses(outputs: tuple[Tensor, Tensor], labels: Tensor, index: PathIndex,
     DDP averages are those of one process holding the whole batch (each rank's own counts would
     weight its pairs by how few it has).
     """
-    boundary_logits, displacement = (t.float() for t in outputs)
-    if tuple(boundary_logits.shape[-2:]) != index.grid_size or tuple(displacement.shape[-2:]) != index.grid_size:
+    boundary_logits, displacement = (None if t is None else t.float() for t in outputs)
+    if tuple(boundary_logits.shape[-2:]) != index.grid_size or (
+            displacement is not None and tuple(displacement.shape[-2:]) != index.grid_size):
         raise ValueError(f"outputs are {tuple(boundary_logits.shape[-2:])} but the path index is for {index.grid_size}")
     bg_pos, fg_pos, neg = affinity_labels(labels, index, n_classes)
     counts = None
@@ -220,11 +228,8 @@ def irn_losses(outputs: tuple[Tensor, Tensor], labels: Tensor, index: PathIndex,
         counts = tuple(pair_counts(torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()])))
     affinity = path_affinity(torch.sigmoid(boundary_logits[:, 0]), index)
     pos, neg_loss = affinity_loss(affinity, bg_pos, fg_pos, neg, counts)
-    dfg, dbg = displacement_loss(displacement, index, bg_pos, fg_pos, counts)
-    return {
-        "affinity_pos": pos,
-        "affinity_neg": neg_loss,
-        "displacement_fg": dfg,
-        "displacement_bg": dbg,
-        "total": (pos + neg_loss) / 2 + (dfg + dbg) / 2,
-    }
+    losses = {"affinity_pos": pos, "affinity_neg": neg_loss, "total": (pos + neg_loss) / 2}
+    if displacement is not None:
+        dfg, dbg = displacement_loss(displacement, index, bg_pos, fg_pos, counts)
+        losses.update(displacement_fg=dfg, displacement_bg=dbg, total=losses["total"] + (dfg + dbg) / 2)
+    return losses

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from conta.config import BackboneConfig, Config, IrnConfig
+from conta.config import Config, IrnConfig
 from conta.data.build import build_dataset
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, sample_rng, to_chw
 from conta.data.voc import VOCLayoutDataset
@@ -80,12 +80,13 @@ class IrnTrainDataset(Dataset):
         return {"image": torch.from_numpy(to_chw(image)), "label": torch.tensor(label)}  # PIL arrays are read-only
 
 
-def build_irn(backbone: BackboneConfig, pretrained: bool = True, log: Callable[[str], None] = print) -> IRN:
+def build_irn(cfg: IrnConfig, pretrained: bool = True, log: Callable[[str], None] = print) -> IRN:
     """An IRN on a fresh backbone; `pretrained` loads the configured ImageNet weights into it."""
+    backbone = cfg.backbone
     net = resnet(backbone.arch, backbone.width, backbone.strides, backbone.dilations)
     if pretrained and backbone.pretrained:
         log(f"irn backbone: {load_backbone_weights(net, backbone.pretrained, backbone.arch, 'irn.backbone.pretrained')}")
-    return IRN(net)
+    return IRN(net, displacement=cfg.displacement)
 
 
 def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
@@ -93,7 +94,7 @@ def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
     path = round_paths(cfg, t).irn / "model.pt"
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
-    model = build_irn(cfg.irn.backbone, pretrained=False)
+    model = build_irn(cfg.irn, pretrained=False)
     load_model_weights(model, path)
     return model.to(device).eval()
 
@@ -146,13 +147,14 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
-    model = build_irn(cfg.irn.backbone, log=log).to(device)
+    model = build_irn(cfg.irn, log=log).to(device)
     if not cfg.irn.backbone.pretrained:
         _calibrate(model, train_set, device, log)
+    groups = [{"params": list(model.boundary_head.parameters()), "lr_mult": 1.0}]
+    if model.displacement_head is not None:
+        groups.append({"params": list(model.displacement_head.parameters()), "lr_mult": cfg.irn.displacement_lr_mult})
     optimizer = torch.optim.SGD(
-        [{"params": list(model.boundary_head.parameters()), "lr_mult": 1.0},
-         {"params": list(model.displacement_head.parameters()), "lr_mult": cfg.irn.displacement_lr_mult}],
-        lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
+        groups, lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
     )
     plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
                          precision=Precision.from_run(cfg.run, device))
@@ -171,14 +173,18 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
 
     checkpoint = paths.irn / "checkpoint.pt"
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
-    model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device))
+    if model.displacement_head is not None:
+        model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device))
     if is_main():
         save_checkpoint(model_path, model=model.state_dict(), meta={
             "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,
-            "images": len(ids), "steps": max_step, "displacement_mean": model.displacement_mean.tolist(),
+            "images": len(ids), "steps": max_step, "displacement": cfg.irn.displacement,
+            "displacement_mean": model.displacement_mean.tolist(),
         })
         checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent
         update_metrics(paths.metrics, "irn_train", history)
     barrier()
-    log(f"irn: model written to {model_path} (displacement mean {[round(v, 4) for v in model.displacement_mean.tolist()]})")
+    detail = (f"displacement mean {[round(v, 4) for v in model.displacement_mean.tolist()]}"
+              if model.displacement_head is not None else "boundary branch only: irn.displacement is false")
+    log(f"irn: model written to {model_path} ({detail})")
     return history
