@@ -134,6 +134,11 @@ def pretrained_meta(source: str | None) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("kind") in CONVERTED_KINDS else None
 
 
+CALIBRATION_CROPS = 32
+"""Training crops whose statistics become a random trunk's frozen BN statistics: one batch of 5
+left the from-scratch demo segmenter's results swinging with the seed."""
+
+
 def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
                  sample_images: Callable[[], torch.Tensor]) -> str:
     """Apply seg.pretrained (whose `pretrained_meta` is `source_meta`) and say what it did.
@@ -202,8 +207,8 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
             raise ContaError(f"{ckpt_path}: made with another seg model or dataset; delete it to start over")
         model.load_state_dict(state["model"])
     else:
-        def first_crops() -> torch.Tensor:  # the samples of the first iteration
-            return torch.stack([stream[k][0] for k in range(per_iteration)])
+        def first_crops() -> torch.Tensor:  # the samples of the first iterations
+            return torch.stack([stream[k][0] for k in range(max(per_iteration, CALIBRATION_CROPS))])
 
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
     precision = Precision.from_run(cfg.run, device)
@@ -394,7 +399,7 @@ def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers
     from conta.ops.crf import crf_available
 
     if not crf_available():
-        raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]"')
+        raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]" (or run without it: seg.crf.enabled=false)')
     log = main_only(log)
     paths = round_paths(cfg, t)
     ensure_dataset(cfg.data, log=log)
