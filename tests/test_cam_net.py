@@ -3,7 +3,6 @@ context paths (zero-initialised, then learning) and BN calibration of random bac
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conta.models.cam_net import FROZEN_PARTS, CamNet, calibrate_bn_statistics
+from conta.models.intervention import ConfounderAttention
 from conta.models.resnet import FrozenStatsBatchNorm2d, resnet
 
 N_CLASSES = 3
@@ -89,13 +89,32 @@ def test_param_groups_hold_exactly_the_trainable_parameters(context_at: str | No
 
 
 def baseline_and_context(context_at: str) -> tuple[CamNet, CamNet]:
-    """Two nets with identical weights except the context's zero-initialised filters."""
-    backbone = resnet("resnet18", width=4)
-    base = CamNet(copy.deepcopy(backbone), N_CLASSES)
-    ctx = CamNet(backbone, N_CLASSES, context_at)
-    with torch.no_grad():
-        ctx.classifier.weight[:, : base.classifier.in_channels].copy_(base.classifier.weight)
+    """Two nets built from the same seed: identical weights except the context's zero-initialised filters."""
+    torch.manual_seed(5)
+    base = CamNet(resnet("resnet18", width=4), N_CLASSES)
+    torch.manual_seed(5)
+    ctx = CamNet(resnet("resnet18", width=4), N_CLASSES, context_at)
     return base, ctx
+
+
+@pytest.mark.parametrize("context_at", ["image", "stage3", "head"])
+def test_context_input_leaves_the_random_stream_of_the_baseline(context_at: str) -> None:
+    """Same seed, same start: a CONTA round differs from the baseline control only through M."""
+    module = ConfounderAttention(torch.rand(4, 8, 8), torch.full((4,), 0.25))
+    draws = []
+    for context in (None, context_at):
+        torch.manual_seed(7)
+        net = CamNet(resnet("resnet18", width=4), N_CLASSES, context, module if context else None)
+        draws.append((net, torch.rand(3)))
+    (base, after_base), (ctx, after_ctx) = draws
+    assert torch.equal(after_base, after_ctx)
+    wide = {name: p for name, p in ctx.named_parameters()}
+    for name, p in base.named_parameters():
+        assert torch.equal(wide[name][:, : p.shape[1]] if wide[name].shape != p.shape else wide[name], p), name
+    first_query = module.query.weight.clone()
+    torch.manual_seed(7)
+    CamNet(resnet("resnet18", width=4), N_CLASSES, context_at, module)
+    assert torch.equal(module.query.weight, first_query)   # W1, W2 depend on the seed alone
 
 
 @pytest.mark.parametrize("context_at", ["image", "stage3", "head"])

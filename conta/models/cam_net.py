@@ -52,6 +52,20 @@ class CamNet(nn.Module):
         self.context_at = context_at
         self.context_module = context_module
         self.context_conv: nn.Conv2d | None = None
+        self.classifier = nn.Conv2d(backbone.out_channels[-1], n_classes, 1, bias=False)
+        # The context parts draw from a fork of the random stream: with the same seed, the rest
+        # of the network starts exactly as the baseline's, so a round's difference from the
+        # baseline control comes from M, not from a shifted initialisation.
+        with torch.random.fork_rng(devices=[]):
+            self._add_context_input(context_at)
+            if context_module is not None and hasattr(context_module, "reset_parameters"):
+                context_module.reset_parameters()
+        self.n_classes = n_classes
+        self._freeze()
+
+    def _add_context_input(self, context_at: ContextAt | None) -> None:
+        """The zero-initialised weights that read M where it enters."""
+        backbone = self.backbone
         if context_at == "image":
             c1 = backbone.conv1
             self.context_conv = nn.Conv2d(1, c1.out_channels, c1.kernel_size, c1.stride, c1.padding, bias=False)
@@ -62,10 +76,8 @@ class CamNet(nn.Module):
                 raise ValueError("context_at='stage3' needs layer3 to open with a projection shortcut")
             block.conv1 = widen_conv(block.conv1)
             block.downsample[0] = widen_conv(block.downsample[0])
-        classifier = nn.Conv2d(backbone.out_channels[-1], n_classes, 1, bias=False)
-        self.classifier = widen_conv(classifier) if context_at == "head" else classifier
-        self.n_classes = n_classes
-        self._freeze()
+        elif context_at == "head":
+            self.classifier = widen_conv(self.classifier)
 
     def train(self, mode: bool = True) -> CamNet:
         """The parent's train() (IRNet skipped it, so eval() never took effect), then re-freeze."""

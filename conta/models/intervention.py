@@ -33,13 +33,17 @@ class ConfounderAttention(nn.Module):
         self.register_buffer("prior", prior.float().clone())
         self.query = nn.Linear(h * w, dim, bias=False)   # W1
         self.key = nn.Linear(h * w, dim, bias=False)     # W2
-        nn.init.normal_(self.query.weight, std=0.02)
-        nn.init.normal_(self.key.weight, std=0.02)
+        self.reset_parameters()
         self.scale = 1.0 / math.sqrt(n)
         # With a uniform prior M is at most 1/n of a mask; `unit_prior` divides the prior by its
         # mean so M has the range of a mask, which the zero-initialised filters reading it need
         # to learn at all at the backbone's learning rate (docs/conta.md, "Results").
         self.prior_gain = float(n / prior.sum()) if unit_prior else 1.0
+
+    def reset_parameters(self) -> None:
+        """W1, W2 ~ N(0, 0.02): small, so the first attention is nearly uniform."""
+        nn.init.normal_(self.query.weight, std=0.02)
+        nn.init.normal_(self.key.weight, std=0.02)
 
     @property
     def n_confounders(self) -> int:
