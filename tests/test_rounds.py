@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conta.config import Config, load_config
+from conta.ops.crf import crf_available
 from conta.stages.paths import round_paths
 from conta.stages.rounds import control_config, run_pipeline
 
@@ -18,11 +19,11 @@ TINY = [
     "cam.crop_size=48", "cam.resize_long=[40,56]", "cam.scales=[1.0]",
     "ir_label.crf.enabled=false", "ir_label.workers=1",
     "irn.backbone.arch=resnet18", "irn.backbone.width=8", "irn.batch_size=4", "irn.epochs=1", "irn.crop_size=48",
-    "irn.radius=3", "pseudo_mask.radius=3", "pseudo_mask.exp_times=3", "pseudo_mask.workers=1",
+    "irn.radius=3", "irn.displacement=false", "pseudo_mask.radius=3", "pseudo_mask.exp_times=3", "pseudo_mask.workers=1",
     "seg.arch=resnet18", "seg.width=8", "seg.msc_scales=[]", "seg.crop_size=41", "seg.batch_size=2",
     "seg.iter_size=1", "seg.iterations=4", "seg.lr=0.001", "seg.log_every=2", "seg.image_log_every=4",
     "seg.save_every=4", "seg.average_loss=2",
-    "conta.rounds=1", "conta.confounder_size=[8,8]",
+    "conta.rounds=1", "conta.confounder_size=[8,8]", "seg.crf.enabled=false",
 ]
 
 
@@ -42,7 +43,7 @@ def headline(m: dict) -> tuple:
 @pytest.fixture(scope="module")
 def conta_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rounds")
-    cfg = tiny_config(tmp)
+    cfg = tiny_config(tmp, f"seg.crf.enabled={str(crf_available()).lower()}")
     assert run_pipeline(cfg, log=lambda _: None) == 0
     return cfg
 
@@ -60,6 +61,9 @@ def test_conta_round_uses_the_confounder_set_and_reports(conta_run):
         assert all(0.0 <= v <= 1.0 for v in headline(m))
     report = (cfg.run_dir / "report.md").read_text()
     assert "| 0 |" in report and "| 1 |" in report
+    if cfg.seg.crf.enabled:  # seg.crf.enabled: every round also scores the CRF-refined predictions
+        assert all(0.0 <= metrics(cfg, t)[f"seg_{s}_crf"]["miou"] <= 1.0 for t in (0, 1) for s in cfg.data.val_splits)
+        assert "seg_val_crf" in report
     assert (cfg.run_dir / "report.png").is_file()
     assert (cfg.run_dir / "config.yaml").is_file()
 
@@ -87,3 +91,18 @@ def test_baseline_control_shares_round_zero_and_reproduces_it(conta_run):
     # round 0 was copied from the main run, and with the same seed round 1 repeats it exactly
     assert headline(metrics(baseline, 0)) == headline(metrics(conta_run, 0))
     assert headline(metrics(baseline, 1)) == headline(metrics(baseline, 0))
+
+
+def test_runs_side_by_side_match_runs_one_after_another(tmp_path_factory):
+    """--jobs only changes where the rounds run: same seeds and threads, same numbers, one log each."""
+    scores = {}
+    for jobs in (1, 3):
+        tmp = tmp_path_factory.mktemp(f"jobs{jobs}")
+        cfg = tiny_config(tmp, "seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2")
+        assert run_pipeline(cfg, with_controls=True, jobs=jobs, log=lambda _: None) == 0
+        runs = [control_config(cfg, c) for c in (None, "baseline", "mask")]
+        scores[jobs] = [headline(metrics(r, t)) for r in runs for t in (0, 1)]
+        assert (cfg.run_dir / "report.md").is_file()
+        if jobs > 1:
+            assert all("round 1" in (r.run_dir / "log.txt").read_text() for r in runs)
+    assert scores[1] == scores[3]

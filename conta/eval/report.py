@@ -32,6 +32,8 @@ def round_rows(cfg: Config) -> list[dict[str, Any]]:
         row["pseudo_mask"] = _get(metrics, "pseudo_mask", "miou")
         for split in cfg.data.val_splits:
             row[f"seg_{split}"] = _get(metrics, f"seg_{split}", "miou")
+            if cfg.seg.crf.enabled:
+                row[f"seg_{split}_crf"] = _get(metrics, f"seg_{split}_crf", "miou")
         for name, value in (metrics.get("cam", {}).get("leakage") or {}).items():
             share = value.get("share") if isinstance(value, dict) else value
             row[f"leak {name.replace(' -> background', '')}"] = share
@@ -58,7 +60,8 @@ def write_report(runs: list[Config]) -> Path:
     parts = [f"# conta report: {main.run.name}\n",
              f"Dataset `{main.data.dataset}` at `{main.data.root}`; CAM and pseudo-mask mIoU on split "
              f"`{main.data.eval_split}`, segmentation mIoU on {', '.join('`' + s + '`' for s in main.data.val_splits)}. "
-             f"Segmentation without CRF, test scales 1 + {main.seg.msc_scales} (max), initialisation "
+             f"Segmentation test scales 1 + {main.seg.msc_scales} (max), "
+             f"{'with and without' if main.seg.crf.enabled else 'without'} CRF (`seg.crf.enabled`), initialisation "
              f"`{main.seg.pretrained or 'random'}`. All numbers are mIoU in percent; leakage is the share of a "
              "class's CAM mass on its partner object or context (lower is better).\n"]
     series = {}
