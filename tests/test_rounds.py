@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conta.config import Config, load_config
 from conta.ops.crf import crf_available
 from conta.stages.paths import round_paths
+from conta.stages import rounds
 from conta.stages.rounds import control_config, run_pipeline
 
 TINY = [
@@ -53,7 +55,6 @@ def test_conta_round_uses_the_confounder_set_and_reports(conta_run):
     r0, r1 = round_paths(cfg, 0), round_paths(cfg, 1)
     assert r0.confounder.is_file()
     # the intervened classifier carries the attention over the confounder set in its weights
-    import torch
     state = torch.load(r1.cam / "model.pt", weights_only=True)["model"]
     assert any(k.endswith("confounders") for k in state) and any("query" in k for k in state)
     for t in (0, 1):
@@ -93,16 +94,33 @@ def test_baseline_control_shares_round_zero_and_reproduces_it(conta_run):
     assert headline(metrics(baseline, 1)) == headline(metrics(baseline, 0))
 
 
-def test_runs_side_by_side_match_runs_one_after_another(tmp_path_factory):
-    """--jobs only changes where the rounds run: same seeds and threads, same numbers, one log each."""
+def test_runs_side_by_side_match_runs_one_after_another(tmp_path_factory, monkeypatch):
+    """--jobs only changes where the rounds run: same seeds and threads, same numbers, one log each;
+    with one seed for every round, the side-by-side baseline control repeats round 0 exactly."""
+    monkeypatch.setattr(rounds.os, "cpu_count", lambda: 3)   # one thread per run, as this test process has
     scores = {}
+    real_round = rounds.run_round
     for jobs in (1, 3):
         tmp = tmp_path_factory.mktemp(f"jobs{jobs}")
-        cfg = tiny_config(tmp, "seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2")
-        assert run_pipeline(cfg, with_controls=True, jobs=jobs, log=lambda _: None) == 0
+        cfg = tiny_config(tmp, "seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2", "conta.vary_seed=false")
+        threads_in_round_0 = []
+
+        def recording_round(run_cfg, t, log=print):
+            threads_in_round_0.extend([torch.get_num_threads()] if t == 0 else [])
+            return real_round(run_cfg, t, log=log)
+
+        monkeypatch.setattr(rounds, "run_round", recording_round)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(2 if jobs > 1 else 1)   # with --jobs, the caller's setting must not reach round 0
+        try:
+            assert run_pipeline(cfg, with_controls=True, jobs=jobs, log=lambda _: None) == 0
+        finally:
+            torch.set_num_threads(previous)
+        assert threads_in_round_0[0] == 1
         runs = [control_config(cfg, c) for c in (None, "baseline", "mask")]
         scores[jobs] = [headline(metrics(r, t)) for r in runs for t in (0, 1)]
         assert (cfg.run_dir / "report.md").is_file()
         if jobs > 1:
             assert all("round 1" in (r.run_dir / "log.txt").read_text() for r in runs)
+            assert headline(metrics(runs[1], 1)) == headline(metrics(runs[1], 0))
     assert scores[1] == scores[3]

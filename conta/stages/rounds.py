@@ -112,7 +112,14 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
         if world_size() > 1:
             raise ConfigError(f"--jobs {jobs}: runs side by side are for one process per machine; under torchrun use --jobs 1")
         write_run_config(runs[0])
-        run_round(runs[0], 0, log=log)
+        # round 0 on the thread count the later rounds get: float sums depend on it, and with a
+        # fixed seed the baseline control then repeats round 0 to the last bit
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads_per_run(jobs))
+        try:
+            run_round(runs[0], 0, log=log)
+        finally:
+            torch.set_num_threads(previous)
         for run_cfg in runs[1:]:
             write_run_config(run_cfg)
             share_round_zero(runs[0], run_cfg, log=log)
@@ -142,8 +149,7 @@ def run_side_by_side(runs: list[Config], jobs: int, log: Callable[[str], None] =
     another. Each process logs to <run dir>/log.txt and echoes its lines prefixed with the run's
     name. A failed run does not stop the others; its error is raised once all have ended.
     """
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // jobs)
+    threads = threads_per_run(jobs)
     log(f"rounds 1..{runs[0].conta.rounds} of {', '.join(r.run.name for r in runs)}: "
         f"{min(jobs, len(runs))} processes side by side, {threads} thread(s) each; logs in <run dir>/log.txt")
     failures = []
@@ -156,6 +162,11 @@ def run_side_by_side(runs: list[Config], jobs: int, log: Callable[[str], None] =
                 failures.append(f"{run_cfg.run.name}: {exc} (log: {run_cfg.run_dir / 'log.txt'})")
     if failures:
         raise ContaError("runs side by side failed:\n  " + "\n  ".join(failures))
+
+
+def threads_per_run(jobs: int) -> int:
+    """Torch threads of each of `jobs` processes sharing this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def _run_rounds_alone(cfg: Config, threads: int) -> None:
