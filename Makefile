@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m conta run --config $(CONFIG) --with-controls
+	$(PY) -m conta run --config $(CONFIG) --with-controls --jobs 3
 
 test: $(STAMP)
 	$(PY) -m pytest -q
