@@ -108,6 +108,8 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
     runs = [control_config(cfg, control)]
     if with_controls and control is None:
         runs += [control_config(cfg, "baseline"), control_config(cfg, "mask")]
+    if jobs > 1 and len(runs) == 1:
+        log(f"--jobs {jobs}: one run (no --with-controls), so its rounds run here one after another")
     if jobs > 1 and len(runs) > 1:
         if world_size() > 1:
             raise ConfigError(f"--jobs {jobs}: runs side by side are for one process per machine; under torchrun use --jobs 1")
