@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -261,6 +262,14 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
     lists.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
     lists.add_argument("--out", type=Path, help="output folder (default: <root>/ImageSets/SegmentationAug)")
     lists.set_defaults(handler=_cmd_data_voc_lists, config=None, overrides=[])
+    masks = data_sub.add_parser("sbd-masks", help="write VOC2012 SegmentationClassAug/ from SBD's .mat files",
+                                description="index PNGs for SBD train + val + VOC train + val: the official VOC "
+                                            "mask where one exists, else SBD's cls/<id>.mat (no SciPy needed)")
+    masks.add_argument("--root", required=True, type=Path, help="VOCdevkit/VOC2012")
+    masks.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
+    masks.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                       help="processes (default: all CPU cores)")
+    masks.set_defaults(handler=_cmd_data_sbd_masks, config=None, overrides=[])
 
 
 def _add_weights_commands(weights_sub: argparse._SubParsersAction) -> None:
@@ -305,6 +314,14 @@ def _cmd_data_voc_lists(args: argparse.Namespace, cfg: Config) -> int:
     print(f"wrote {n} ids to {path}")
     if n != LIST_COUNTS["train_aug"]:
         print(f"warning: the official train_aug has {LIST_COUNTS['train_aug']} ids; check the SBD and VOC lists")
+    return 0
+
+
+def _cmd_data_sbd_masks(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.data.sbd import write_sbd_masks
+
+    folder, n = write_sbd_masks(args.root, args.sbd, args.workers)
+    print(f"{folder}: {n} masks")
     return 0
 
 

@@ -4,7 +4,7 @@
       JPEGImages/<id>.jpg                      all 17,125 images (SBD's are among them)
       Annotations/<id>.xml                     image-level tags (IRNet's cls_labels.npy source)
       SegmentationClass/<id>.png               official masks: train 1,464 + val 1,449
-      SegmentationClassAug/<id>.png            optional: SBD masks as index PNGs (12,031 files)
+      SegmentationClassAug/<id>.png            optional: SBD masks as index PNGs (`conta data sbd-masks`)
       ImageSets/Segmentation/{train,val}.txt   official lists (test.txt comes with the test set)
       ImageSets/SegmentationAug/train_aug.txt  written by `conta data voc-lists` (or copied there)
 
