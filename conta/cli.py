@@ -98,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sub = evaluation.add_subparsers(title="eval commands", metavar="COMMAND")
     masks = eval_sub.add_parser("masks", help="mIoU of a folder of predicted PNGs")
     masks.add_argument("--pred", required=True, type=Path, help="folder of <id>.png predictions")
-    masks.add_argument("--root", required=True, type=Path, help="VOC-layout dataset root")
-    masks.add_argument("--split", required=True, help="split list under ImageSets/Segmentation")
+    masks.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config whose data section to use")
+    masks.add_argument("--dataset", choices=["synthetic", "voc12", "coco14", "folder"],
+                       help="overrides data.dataset (default: synthetic, i.e. any VOC-layout folder)")
+    masks.add_argument("--root", type=Path, help="dataset root; overrides data.root")
+    masks.add_argument("--split", required=True, help="the split whose images are scored (e.g. val, train_aug, val2014)")
     masks.add_argument("--json", type=Path, help="also write the scores as JSON here")
-    masks.set_defaults(handler=_cmd_eval_masks, config=None, overrides=[])
+    masks.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
+    masks.set_defaults(handler=_cmd_eval_masks)
     for command in sub.choices.values():
         command.set_defaults(help_of=command)
     return parser
@@ -228,12 +232,14 @@ def _cmd_data_synth(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_eval_masks(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.data.build import build_dataset
     from conta.eval.evaluate import evaluate_folder
     from conta.eval.metrics import format_table
     from conta.io import save_json
 
-    scores = evaluate_folder(args.pred, args.root, args.split)
-    print(format_table(scores, f"{args.pred} vs {args.root} [{args.split}]"))
+    data = _data_config(args, cfg)
+    scores = evaluate_folder(args.pred, build_dataset(data, args.split))
+    print(format_table(scores, f"{args.pred} vs {data.root} [{args.split}]"))
     if args.json:
         save_json(args.json, scores)
         print(f"scores written to {args.json}")

@@ -183,3 +183,23 @@ def test_a_command_group_without_subcommand_shows_its_own_help(capsys):
     assert main(["seg"]) == 2
     out = capsys.readouterr().out
     assert "usage: conta seg" in out and "train" in out and "crf" in out
+
+
+def test_eval_masks_reads_any_supported_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--dataset folder: the masks come from the folder reader, not from a VOC layout."""
+    from _datasets import make_folder
+
+    root = make_folder(tmp_path)
+    pred = tmp_path / "pred"
+    mask_a = np.zeros((30, 36), np.uint8)
+    mask_a[5:20, 5:20] = 1
+    save_label_png(pred / "a.png", mask_a, voc_palette())                      # cat, exactly right
+    save_label_png(pred / "b.png", np.zeros((30, 36), np.uint8), voc_palette())  # dog missed
+    out = tmp_path / "scores.json"
+    assert main(["eval", "masks", "--pred", str(pred), "--dataset", "folder", "--root", str(root),
+                 "--split", "val", "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    background = 2 * 30 * 36 - 2 * 225
+    assert scores["per_class"]["cat"] == pytest.approx(1.0)
+    assert scores["per_class"]["dog"] == pytest.approx(0.0)
+    assert scores["per_class"]["background"] == pytest.approx(background / (background + 225))

@@ -39,12 +39,11 @@ def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
     return cm.scores()
 
 
-def evaluate_folder(pred_dir: str | Path, root: str | Path, split: str) -> dict:
-    """mIoU of `pred_dir/<id>.png` over a split; a missing prediction is an error, not a skip."""
+def evaluate_folder(pred_dir: str | Path, dataset: VOCLayoutDataset) -> dict:
+    """mIoU of `pred_dir/<id>.png` over a dataset split; a missing prediction is an error, not a skip."""
     pred_dir = Path(pred_dir)
-    dataset = VOCLayoutDataset(root, split)
     if not dataset.has_masks:
-        raise DataError(dataset.mask_dir, f"no ground-truth masks for split {split}")
+        raise DataError(dataset.mask_dir, f"no ground-truth masks for split {dataset.split}")
     missing = [i for i in dataset.ids if not (pred_dir / f"{i}.png").is_file()]
     if missing:
         raise DataError(pred_dir, f"{len(missing)} of {len(dataset)} predictions missing (first: {missing[0]}.png)")
