@@ -19,8 +19,8 @@ from pathlib import Path
 from conta import __version__
 from conta.config import Config, DataConfig, load_config
 from conta.engine.device import resolve_device
-from conta.engine.distributed import (barrier, init_distributed, launched_world_size, rank, teardown, torchrun_command,
-                                      world_size)
+from conta.engine.distributed import (barrier, init_distributed, launched_rank, launched_world_size, rank, teardown,
+                                      torchrun_command, world_size)
 from conta.errors import ContaError
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
@@ -34,11 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "help_of", parser).print_help()
         return 2
     devices = getattr(args, "devices", None)
+    single = getattr(args, "single_process", False)
+    if single and launched_rank() > 0:
+        return 0  # a one-process command started under torchrun: rank 0 does it, alone
     try:
         if devices is not None and devices != launched_world_size():  # torchrun's processes see their own count
             return _launch(devices, argv)
         cfg = _config_from_args(args)
-        init_distributed(resolve_device(cfg.run.device))
+        if not single:
+            init_distributed(resolve_device(cfg.run.device))
         status = int(args.handler(args, cfg) or 0)
         # Leave together: destroying the process group while a peer is still inside the last
         # collective aborts that peer (Gloo: "terminate called without an active exception").
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: generate the synthetic default, check a dataset")
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND")
     _stage(data_sub, "synth", "write the synthetic confounded dataset in VOC layout", _cmd_data_synth,
-           extra=_synth_args)
+           extra=_synth_args, single_process=True)
     _add_dataset_commands(data_sub)
     weights = sub.add_parser("weights", help="pretrained weights: convert Caffe and deeplab-pytorch files")
     _add_weights_commands(weights.add_subparsers(title="weights commands", metavar="COMMAND"))
@@ -105,21 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--split", required=True, help="the split whose images are scored (e.g. val, train_aug, val2014)")
     masks.add_argument("--json", type=Path, help="also write the scores as JSON here")
     masks.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
-    masks.set_defaults(handler=_cmd_eval_masks)
+    masks.set_defaults(handler=_cmd_eval_masks, single_process=True)
     for command in sub.choices.values():
         command.set_defaults(help_of=command)
     return parser
 
 
 def _stage(sub: argparse._SubParsersAction, name: str, help_text: str, handler: Handler,
-           extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+           extra: Callable[[argparse.ArgumentParser], None] | None = None,
+           single_process: bool = False) -> argparse.ArgumentParser:
+    """A command on a run's config; `single_process` ones take no --devices, and under torchrun
+    only rank 0 runs them."""
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config (default: built-in defaults)")
     p.add_argument("--run-dir", type=Path, help="run directory (default: <run.out_dir>/<run.name>)")
     p.add_argument("--round", type=int, default=0, help="round index t (default 0)")
-    p.add_argument("--devices", type=_positive_int, metavar="N",
-                   help="run in N processes, one per GPU, by starting torchrun on this node "
-                        "(the same as `torchrun --standalone --nproc_per_node=N -m conta ...`)")
+    if single_process:
+        p.set_defaults(single_process=True)
+    else:
+        p.add_argument("--devices", type=_positive_int, metavar="N",
+                       help="run in N processes, one per GPU, by starting torchrun on this node "
+                            "(the same as `torchrun --standalone --nproc_per_node=N -m conta ...`)")
     if extra is not None:
         extra(p)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. cam.lr=0.05")
@@ -182,7 +192,8 @@ def _add_cam_commands(sub: argparse._SubParsersAction) -> None:
            _cmd_cam).set_defaults(cam_step="infer")
     _stage(cam_sub, "eval", "CAM mIoU on data.eval_split: threshold sweep, trivial baselines, leakage",
            _cmd_cam).set_defaults(cam_step="eval")
-    _stage(cam_sub, "show", "a PNG of one image with its CAMs", _cmd_cam_show, extra=_cam_show_args)
+    _stage(cam_sub, "show", "a PNG of one image with its CAMs", _cmd_cam_show, extra=_cam_show_args,
+           single_process=True)
 
 
 def _cmd_cam(args: argparse.Namespace, cfg: Config) -> int:
@@ -261,13 +272,13 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
         p.add_argument("--root", type=Path, help="overrides data.root")
         p.add_argument("--split", action="append", help="a split to cover (repeatable; default: the dataset's usual ones)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, single_process=True)
     lists = data_sub.add_parser("voc-lists", help="write VOC2012 train_aug.txt from the SBD and VOC lists",
                                 description="train_aug = SBD train + SBD val + VOC train - VOC val (10,582 ids)")
     lists.add_argument("--root", required=True, type=Path, help="VOCdevkit/VOC2012")
     lists.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
     lists.add_argument("--out", type=Path, help="output folder (default: <root>/ImageSets/SegmentationAug)")
-    lists.set_defaults(handler=_cmd_data_voc_lists, config=None, overrides=[])
+    lists.set_defaults(handler=_cmd_data_voc_lists, config=None, overrides=[], single_process=True)
     masks = data_sub.add_parser("sbd-masks", help="write VOC2012 SegmentationClassAug/ from SBD's .mat files",
                                 description="index PNGs for SBD train + val + VOC train + val: the official VOC "
                                             "mask where one exists, else SBD's cls/<id>.mat (no SciPy needed)")
@@ -275,7 +286,7 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
     masks.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
     masks.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                        help="processes (default: all CPU cores)")
-    masks.set_defaults(handler=_cmd_data_sbd_masks, config=None, overrides=[])
+    masks.set_defaults(handler=_cmd_data_sbd_masks, config=None, overrides=[], single_process=True)
 
 
 def _add_weights_commands(weights_sub: argparse._SubParsersAction) -> None:
@@ -286,7 +297,7 @@ def _add_weights_commands(weights_sub: argparse._SubParsersAction) -> None:
     source.add_argument("--deeplab-pytorch", type=Path, help="a .pth saved by kazuto1011/deeplab-pytorch")
     p.add_argument("--out", required=True, type=Path, help="the converted .pth (use it as seg.pretrained)")
     p.add_argument("--class-names", type=Path, help="one class name per line, background first or left out")
-    p.set_defaults(handler=_cmd_weights_convert, config=None, overrides=[])
+    p.set_defaults(handler=_cmd_weights_convert, config=None, overrides=[], single_process=True)
 
 
 def _data_config(args: argparse.Namespace, cfg: Config) -> DataConfig:
@@ -362,9 +373,9 @@ def _add_seg_commands(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="segment your own image or webcam with a trained segmenter")
     demo_sub = demo.add_subparsers(title="demo commands", metavar="COMMAND")
     _stage(demo_sub, "single", "segment one image; save a figure of it, the overlay and a legend",
-           _cmd_demo_single, extra=_demo_single_args)
+           _cmd_demo_single, extra=_demo_single_args, single_process=True)
     _stage(demo_sub, "live", "segment webcam frames live (needs OpenCV, a camera and a display)",
-           _cmd_demo_live, extra=_demo_live_args)
+           _cmd_demo_live, extra=_demo_live_args, single_process=True)
 
 
 def _model_path_arg(p: argparse.ArgumentParser) -> None:

@@ -203,3 +203,15 @@ def test_eval_masks_reads_any_supported_dataset(tmp_path: Path, capsys: pytest.C
     assert scores["per_class"]["cat"] == pytest.approx(1.0)
     assert scores["per_class"]["dog"] == pytest.approx(0.0)
     assert scores["per_class"]["background"] == pytest.approx(background / (background + 225))
+
+
+def test_one_process_commands_under_torchrun_run_on_rank_0_alone(tmp_path: Path, monkeypatch) -> None:
+    """`conta data synth` inside a torchrun job: rank 0 writes (no process group needed), rank 1 only returns."""
+    small = ["data.synth.image_size=32", "data.synth.n_train=2", "data.synth.n_val=1", "data.synth.n_val_deconfounded=0"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)      # a process group could not even be set up
+    for rank, out in (("1", tmp_path / "rank1"), ("0", tmp_path / "rank0")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["data", "synth", "--out", str(out), *small]) == 0
+    assert not (tmp_path / "rank1").exists()
+    assert (tmp_path / "rank0" / "synth.json").is_file()

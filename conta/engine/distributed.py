@@ -43,6 +43,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's index among torchrun's processes (0 without torchrun), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_rank() -> int:
     """This process's index on its node, which picks its GPU (cuda:LOCAL_RANK)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
