@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conta.config import Config, load_config
+from conta.errors import ContaError
 from conta.ops.crf import crf_available
 from conta.stages.paths import round_paths
 from conta.stages import rounds
@@ -124,3 +125,38 @@ def test_runs_side_by_side_match_runs_one_after_another(tmp_path_factory, monkey
             assert all("round 1" in (r.run_dir / "log.txt").read_text() for r in runs)
             assert headline(metrics(runs[1], 1)) == headline(metrics(runs[1], 0))
     assert scores[1] == scores[3]
+
+
+def test_more_rounds_after_a_round_0_only_run(tmp_path_factory, monkeypatch):
+    """conta.rounds=0 first (no confounder set yet), then rounds=1 side by side: the controls get
+    round 0's confounder set too, and every run finishes round 1."""
+    monkeypatch.setattr(rounds.os, "cpu_count", lambda: 3)
+    tmp = tmp_path_factory.mktemp("grow")
+    short = ["seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2"]
+    assert run_pipeline(tiny_config(tmp, *short, "conta.rounds=0"), with_controls=True, jobs=3, log=lambda _: None) == 0
+    cfg = tiny_config(tmp, *short)
+    assert not round_paths(control_config(cfg, "mask"), 0).confounder.exists()
+    assert run_pipeline(cfg, with_controls=True, jobs=3, log=lambda _: None) == 0
+    main_set = round_paths(cfg, 0).confounder.read_bytes()
+    for control in ("baseline", "mask"):
+        run = control_config(cfg, control)
+        assert round_paths(run, 0).confounder.read_bytes() == main_set
+        assert (round_paths(run, 1).seg / "model.pt").is_file()
+
+
+def test_a_failed_run_side_by_side_is_named_and_the_others_finish(tmp_path_factory, monkeypatch):
+    """One run's broken input: the error names that run and its log; the other runs still complete."""
+    monkeypatch.setattr(rounds.os, "cpu_count", lambda: 3)
+    tmp = tmp_path_factory.mktemp("broken")
+    cfg = tiny_config(tmp, "seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2", "conta.rounds=0")
+    assert run_pipeline(cfg, with_controls=True, jobs=3, log=lambda _: None) == 0   # round 0 of all three
+    cfg = tiny_config(tmp, "seg.iterations=2", "seg.save_every=2", "seg.image_log_every=2")
+    mask_run = control_config(cfg, "mask")
+    round_paths(mask_run, 0).confounder.write_bytes(b"not an npz")       # the mask control cannot start round 1
+    with pytest.raises(ContaError) as err:
+        run_pipeline(cfg, with_controls=True, jobs=3, log=lambda _: None)
+    message = str(err.value)
+    assert "tiny-mask" in message and "confounder.npz" in message and "log.txt" in message
+    assert "tiny-baseline" not in message and "tiny:" not in message
+    for run in (cfg, control_config(cfg, "baseline")):
+        assert (round_paths(run, 1).seg / "model.pt").is_file()               # the others ran to the end

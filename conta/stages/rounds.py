@@ -27,6 +27,7 @@ from conta.config import Config, replace
 from conta.data.build import ensure_dataset
 from conta.engine.distributed import barrier, is_main, main_only, world_size
 from conta.errors import ConfigError, ContaError
+from conta.io import atomic_path
 from conta.models.intervention import ConfounderAttention
 from conta.stages.confounder import ConfounderSet, build_confounder_set
 from conta.stages.paths import round_paths, write_run_config
@@ -88,7 +89,14 @@ def share_round_zero(source: Config, target: Config, log: Callable[[str], None] 
     """Round 0 does not depend on the mode: a control run starts from a copy of the main run's."""
     src, dst = round_paths(source, 0), round_paths(target, 0)
     finished = src.confounder if target.conta.rounds > 0 else src.metrics
-    if dst.root.exists() or not finished.is_file():
+    if dst.root.exists():
+        # copied by an earlier run with conta.rounds = 0, which made no confounder set yet
+        if target.conta.rounds > 0 and src.confounder.is_file() and not dst.confounder.is_file():
+            with atomic_path(dst.confounder) as tmp:
+                shutil.copyfile(src.confounder, tmp)
+            log(f"{target.run.name}: round 0's confounder set copied from {src.confounder}")
+        return
+    if not finished.is_file():
         return
     shutil.copytree(src.root, dst.root)
     log(f"{target.run.name}: round 0 copied from {src.root}")
