@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from conta.data.transforms import sample_rng
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.distributed import RankSlices, all_reduce_sum, is_main, world_size, wrap_ddp
 from conta.engine.precision import Precision
@@ -33,6 +34,21 @@ from conta.progress import progress
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
+
+
+class EpochAugmented(Dataset):
+    """Base of the training sets: each sample's random choices come from (seed, epoch, index),
+    the epoch set by the loop, so a resumed run draws exactly the samples it would have drawn."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        return sample_rng(self.seed, self.epoch, index)
 
 @dataclass
 class EpochTraining:

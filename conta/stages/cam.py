@@ -32,19 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
 
 from conta.config import CamConfig, Config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX
-from conta.data.transforms import (normalize, random_crop, random_hflip, resize, resize_long_side,
-                                   sample_rng, to_chw)
+from conta.data.transforms import normalize, random_crop, random_hflip, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, load_model_weights
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
-from conta.engine.loop import EpochTraining, ValidateFn, steps_per_epoch, train_epochs
+from conta.engine.loop import EpochAugmented, EpochTraining, ValidateFn, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
@@ -109,25 +107,22 @@ def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> C
 # -- training ----------------------------------------------------------------------------------
 
 
-class CamTrainSet(Dataset):
+class CamTrainSet(EpochAugmented):
     """Augmented training samples (spec 2.5): random long side in [lo, hi] (bicubic), ImageNet
     normalisation, horizontal flip, random crop padded with 0. Every random choice comes from
     (seed, epoch, index), so training resumes exactly."""
 
     def __init__(self, data: VOCLayoutDataset, cam: CamConfig, seed: int,
                  provider: ContextProvider | None = None) -> None:
-        self.data, self.cam, self.seed, self.provider = data, cam, seed, provider
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed)
+        self.data, self.cam, self.provider = data, cam, provider
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image_id = self.data.ids[index]
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.sample_rng(index)
         image = self.data.image(image_id)
         native = context = None
         if self.provider is not None:

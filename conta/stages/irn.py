@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from conta.config import Config, IrnConfig
 from conta.data.build import build_dataset
-from conta.data.transforms import normalize, random_crop, random_hflip, rescale, sample_rng, to_chw
+from conta.data.transforms import normalize, random_crop, random_hflip, rescale, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_model_weights, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, mean_over_ranks, shard
-from conta.engine.loop import EpochTraining, steps_per_epoch, train_epochs
+from conta.engine.loop import EpochAugmented, EpochTraining, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError
@@ -45,7 +44,7 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(to_chw(normalize(image)))
 
 
-class IrnTrainDataset(Dataset):
+class IrnTrainDataset(EpochAugmented):
     """(image crop, stride-4 seed label) pairs; augmentation is a function of (seed, epoch, index).
 
     Random rescale (image bicubic, label nearest), normalisation, flip, a crop_size crop (image
@@ -54,22 +53,18 @@ class IrnTrainDataset(Dataset):
     """
 
     def __init__(self, dataset: VOCLayoutDataset, ids: list[str], label_dir: Path, cfg: IrnConfig, seed: int) -> None:
+        super().__init__(seed)
         self.dataset = dataset
         self.ids = ids
         self.label_dir = label_dir
         self.cfg = cfg
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image_id = self.ids[index]
-        rng = sample_rng(self.seed, self.epoch, index)
+        rng = self.sample_rng(index)
         image = self.dataset.image(image_id)
         label = load_label_png(self.label_dir / f"{image_id}.png")
         scale = float(rng.uniform(*self.cfg.scale_range))
