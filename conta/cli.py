@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights = sub.add_parser("weights", help="pretrained weights: convert Caffe and deeplab-pytorch files")
     _add_weights_commands(weights.add_subparsers(title="weights commands", metavar="COMMAND"))
 
+    _stage(sub, "pretrain", "train the synthetic stand-in for ImageNet weights (the demo's `synthetic` backbones)",
+           _cmd_pretrain, extra=_pretrain_args, single_process=True)
+
     _add_seg_commands(sub)
     evaluation = sub.add_parser("eval", help="evaluate predictions against ground truth")
     eval_sub = evaluation.add_subparsers(title="eval commands", metavar="COMMAND")
@@ -169,6 +172,18 @@ def _cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.rounds import run_pipeline
 
     return run_pipeline(cfg, control=args.control, with_controls=args.with_controls, jobs=args.jobs)
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="folder for <name>.pt and its recipe <name>.json (default: the run directory)")
+
+
+def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.pretrain import pretrain
+
+    command = " ".join(["conta pretrain", *(["--config", str(args.config)] if args.config else []), *args.overrides])
+    pretrain(cfg, args.out, command=command)
+    return 0
 
 
 def _pseudo_mask_args(p: argparse.ArgumentParser) -> None:

@@ -92,15 +92,18 @@ class SynthConfig:
     shared_body: bool = True
     ignore_border: int = 1
     jpeg_quality: int = 95
+    marker_offset: int = 0               # class i wears part marker i + marker_offset (the pretraining world's are disjoint)
 
     def validate(self, key: str) -> None:
         _check(self.seed >= 0, f"{key}.seed", "must be >= 0")
+        _check(self.marker_offset >= 0, f"{key}.marker_offset", "must be >= 0")
         _check(self.image_size >= 32, f"{key}.image_size", "must be at least 32")
         _check(self.n_train > 0, f"{key}.n_train", "must be positive")
         _check(self.n_val >= 0, f"{key}.n_val", "must be >= 0")
         _check(self.n_val_deconfounded >= 0, f"{key}.n_val_deconfounded", "must be >= 0")
         _check(len(set(self.classes)) == len(self.classes) > 0, f"{key}.classes", "must be unique and non-empty")
-        _check(len(self.classes) <= self.MAX_CLASSES, f"{key}.classes", f"at most {self.MAX_CLASSES} (distinct part markers)")
+        _check(len(self.classes) + self.marker_offset <= self.MAX_CLASSES, f"{key}.classes",
+               f"at most {self.MAX_CLASSES} distinct part markers: {len(self.classes)} classes from marker {self.marker_offset} do not fit")
         _check(len(set(self.backgrounds)) == len(self.backgrounds) > 0, f"{key}.backgrounds", "must be unique and non-empty")
         for i, name in enumerate(self.backgrounds):
             _check(name in self.BACKGROUND_STYLES, f"{key}.backgrounds[{i}]", f"unknown background {name!r} (known: {', '.join(self.BACKGROUND_STYLES)})")
@@ -322,6 +325,41 @@ class ContaConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """`conta pretrain`: the stand-in for ImageNet, a multi-label classification task on a synthetic
+    world disjoint from the demo's (other part markers, every background, its own seed), drawn on
+    the fly (docs/pretraining.md). Trainable BN, SGD + Nesterov momentum, poly decay."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    width: int = 16
+    world_seed: int = 1000               # the demo's data use seed 0
+    n_classes: int = 99                  # part markers 6..104: the default classes wear 0..5
+    image_size: int = 128
+    min_objects: int = 1
+    max_objects: int = 3
+    object_size: list[float] = field(default_factory=lambda: [0.2, 0.6])
+    images_per_epoch: int = 8192         # every image is new: epoch e draws images e*N .. e*N+N-1
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1.0e-4
+    poly_power: float = 0.9
+    val_images: int = 1000               # held-out images of the same world (another split)
+    workers: int = 1                     # processes drawing images beside the training process
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "width", "n_classes", "image_size", "images_per_epoch", "epochs", "batch_size", "lr", "val_images")
+        _check(self.n_classes + len(SynthConfig().classes) <= SynthConfig.MAX_CLASSES, f"{key}.n_classes",
+               f"at most {SynthConfig.MAX_CLASSES - len(SynthConfig().classes)}: the markers of the default classes are never used")
+        _check(1 <= self.min_objects <= self.max_objects <= self.n_classes, f"{key}.min_objects", "need 1 <= min_objects <= max_objects <= n_classes")
+        _check(len(self.object_size) == 2 and 0 < self.object_size[0] <= self.object_size[1] <= 1, f"{key}.object_size", "must be [min, max] fractions of the image side")
+        _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     out_dir: str = "runs"
@@ -345,6 +383,7 @@ class Config:
     pseudo_mask: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     conta: ContaConfig = field(default_factory=ContaConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def run_dir(self) -> Path:

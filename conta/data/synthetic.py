@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from conta.config import SynthConfig, to_dict
+from conta.config import PretrainConfig, SynthConfig, to_dict
 from conta.data.palette import IGNORE_INDEX, voc_palette
 from conta.io import load_json, save_json, save_label_png, save_rgb, save_text
 
@@ -322,7 +322,7 @@ def _sample_object(rng: np.random.Generator, cls: int, diameter: float, cfg: Syn
     a = diameter / 2
     b = a * rng.uniform(0.6, 1.0)
     phi = rng.uniform(0, math.pi)
-    shape = part_marker(cls).shape
+    shape = part_marker(cls + cfg.marker_offset).shape
     min_h = max(2.5, 0.025 * cfg.image_size)  # keep parts >= ~5 px (6 px at 128) to stay learnable
     h = max(min_h, math.sqrt(cfg.part_fraction * math.pi * a * b / (4 * _SHAPE_AREA[shape])))
     if avoid:
@@ -466,7 +466,7 @@ def _paint(rng: np.random.Generator, cfg: SynthConfig, obj: _Object, cy: float, 
         shade = shade + 0.22 * _smooth_noise(rng, size, int(rng.integers(6, 12)))
     canvas[body] = colour * shade[body][:, None]
 
-    marker = part_marker(obj.cls)
+    marker = part_marker(obj.cls + cfg.marker_offset)
     h = obj.part_h
     py, px = y - obj.part_dy, x - obj.part_dx
     part = _shape_mask(marker.shape, py / h, px / h)
@@ -580,3 +580,24 @@ def _bg_road(rng: np.random.Generator, size: int) -> np.ndarray:
 _BACKGROUNDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "plain": _bg_plain, "water": _bg_water, "grass": _bg_grass, "sky": _bg_sky, "road": _bg_road,
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# The pretraining world
+
+
+def pretraining_world(pre: PretrainConfig) -> SynthConfig:
+    """The world `conta pretrain` classifies: ImageNet's role, never the target data.
+
+    Its classes wear the part markers after those of the default classes (which the demo uses),
+    it draws on every background the generator has, links nothing (no pairs, no contexts) and has
+    a seed of its own, so no demo class, image or confounder is ever seen in pretraining.
+    """
+    offset = len(SynthConfig().classes)
+    return SynthConfig(
+        seed=pre.world_seed, image_size=pre.image_size, n_train=1, n_val=1, n_val_deconfounded=0,
+        classes=[f"marker{offset + i:03d}" for i in range(pre.n_classes)],
+        backgrounds=list(_BACKGROUNDS), pairs=[], contexts=[],
+        min_objects=pre.min_objects, max_objects=pre.max_objects, object_size=list(pre.object_size),
+        marker_offset=offset,
+    )

@@ -98,3 +98,16 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _float(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class AP over the images (N x C scores and 0/1 labels): the mean, over the positives,
+    of the precision at each positive's rank. Ties keep image order; a class with no positive
+    image gets NaN."""
+    ap = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        hits = labels[np.argsort(-scores[:, c], kind="stable"), c] > 0
+        if hits.any():
+            precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            ap[c] = precision[hits].mean()
+    return ap

@@ -3,7 +3,8 @@
 The references load with `strict=False`, which silently loads nothing on a name mismatch (spec
 9 #13). Here every model tensor must come from the file with the right shape; only the
 classifier (`fc.*`) may be left over. Nothing is ever downloaded: "hub" means a file already in
-the torch hub cache.
+the torch hub cache, and "synthetic" the stand-in for ImageNet that ships inside the package
+(`conta pretrain` made it; docs/pretraining.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ HUB_FILES: dict[str, tuple[str, ...]] = {
     "resnet50": ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
     "resnet101": ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
 }
+
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def synthetic_weights_name(arch: str, width: int) -> str:
+    """The shipped file's stem for one backbone shape, e.g. synthetic-resnet18-w16."""
+    return f"{SYNTHETIC}-{arch}-w{width}"
 
 
 @dataclass
@@ -47,7 +57,7 @@ def hub_dir() -> Path:
 def load_backbone_weights(model: ResNet, source: str, arch: str,
                           config_key: str = "pretrained") -> LoadReport:
     """Copy an ImageNet checkpoint into `model`, strictly; `config_key` is named in errors."""
-    path = _resolve(source, arch, config_key)
+    path = _resolve(source, arch, model.out_channels[0], config_key)
     state = _read_state_dict(path)
     own = model.state_dict()
     skipped = [k for k in state if k.startswith("fc.")]
@@ -70,7 +80,15 @@ def load_backbone_weights(model: ResNet, source: str, arch: str,
     return LoadReport(str(path), sum(k in state for k in own), skipped)
 
 
-def _resolve(source: str, arch: str, config_key: str) -> Path:
+def _resolve(source: str, arch: str, width: int, config_key: str) -> Path:
+    if source == SYNTHETIC:
+        path = SYNTHETIC_DIR / f"{synthetic_weights_name(arch, width)}.pt"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in SYNTHETIC_DIR.glob(f"{SYNTHETIC}-*.pt"))) or "none"
+            raise ContaError(f"{config_key}=synthetic: no shipped weights for {arch} of width {width} "
+                             f"(shipped: {shipped}); make them with `conta pretrain pretrain.arch={arch} "
+                             f"pretrain.width={width}` and pass the file's path")
+        return path
     if source != "hub":
         path = Path(source).expanduser()
         if not path.is_file():

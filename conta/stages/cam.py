@@ -46,7 +46,7 @@ from conta.engine.loop import EpochAugmented, EpochTraining, ValidateFn, steps_p
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
-from conta.eval.metrics import ConfusionMatrix, format_table
+from conta.eval.metrics import ConfusionMatrix, average_precision, format_table
 from conta.io import atomic_path, load_npz, save_npz, save_rgb
 from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics
 from conta.models.resnet import resnet
@@ -154,19 +154,6 @@ def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
     under autocast too (log-sigmoid of fp16 logits loses the small losses of confident classes)."""
     logits = model(batch["image"], batch.get("context"))
     return F.multilabel_soft_margin_loss(logits.float(), batch["label"]), {}
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-class AP over the images (N x C scores and 0/1 labels): the mean, over the positives,
-    of the precision at each positive's rank. Ties keep image order; a class with no positive
-    image gets NaN."""
-    ap = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        hits = labels[np.argsort(-scores[:, c], kind="stable"), c] > 0
-        if hits.any():
-            precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-            ap[c] = precision[hits].mean()
-    return ap
 
 
 def _validation(data: VOCLayoutDataset, provider: ContextProvider | None,
