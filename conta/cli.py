@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _stage(sub, "run", "run the whole pipeline: round 0 (baseline) and CONTA rounds 1..T, then the report",
            _cmd_run, extra=_run_args)
+    _stage(sub, "study", "CONTA and both controls for several seeds: mean ± sd over seeds and paired-t intervals",
+           _cmd_study, extra=_study_args)
     _add_cam_commands(sub)
 
     _stage(sub, "pseudo-mask", "stages 2-4 of a round: seed labels, IRN training, random-walk pseudo-masks",
@@ -184,6 +186,30 @@ def _cmd_pretrain(args: argparse.Namespace, cfg: Config) -> int:
     command = " ".join(["conta pretrain", *(["--config", str(args.config)] if args.config else []), *args.overrides])
     pretrain(cfg, args.out, command=command)
     return 0
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="S,S,...",
+                   help="comma-separated seeds; seed s sets run.seed=s for all of its runs (default: 0,1,2)")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="run every seed's rounds in N processes side by side, round 0 of a seed before its "
+                        "later rounds (as conta run --with-controls --jobs N)")
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected one or more different seeds >= 0, got {text!r}")
+    return seeds
+
+
+def _cmd_study(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.study import run_study
+
+    return run_study(cfg, args.seeds, jobs=args.jobs)
 
 
 def _pseudo_mask_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import torch
 
@@ -113,14 +113,11 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
 
     log = main_only(log)
     ensure_dataset(cfg.data, log=log)
-    runs = [control_config(cfg, control)]
-    if with_controls and control is None:
-        runs += [control_config(cfg, "baseline"), control_config(cfg, "mask")]
+    runs = with_control_runs(cfg) if with_controls and control is None else [control_config(cfg, control)]
     if jobs > 1 and len(runs) == 1:
         log(f"--jobs {jobs}: one run (no --with-controls), so its rounds run here one after another")
     if jobs > 1 and len(runs) > 1:
-        if world_size() > 1:
-            raise ConfigError(f"--jobs {jobs}: runs side by side are for one process per machine; under torchrun use --jobs 1")
+        check_side_by_side(jobs)
         write_run_config(runs[0])
         # round 0 on the thread count the later rounds get: float sums depend on it, and with a
         # fixed seed the baseline control then repeats round 0 to the last bit
@@ -130,19 +127,9 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
             run_round(runs[0], 0, log=log)
         finally:
             torch.set_num_threads(previous)
-        for run_cfg in runs[1:]:
-            write_run_config(run_cfg)
-            share_round_zero(runs[0], run_cfg, log=log)
-        run_side_by_side(runs, jobs, log)
+        run_side_by_side([runs], jobs, log)
     else:
-        for run_cfg in runs:
-            if is_main():
-                write_run_config(run_cfg)
-                if run_cfg is not runs[0]:
-                    share_round_zero(runs[0], run_cfg, log=log)
-            barrier()
-            for t in range(run_cfg.conta.rounds + 1):
-                run_round(run_cfg, t, log=log)
+        run_in_turn(runs, log)
     if is_main():
         report = write_report(runs)
         log(report.read_text())
@@ -150,26 +137,79 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
     return 0
 
 
-def run_side_by_side(runs: list[Config], jobs: int, log: Callable[[str], None] = print) -> None:
-    """Rounds 1..T of each run (round 0 is done) in its own process, `jobs` at a time, each with
-    its share of the cores.
+def with_control_runs(cfg: Config) -> list[Config]:
+    """The main run and its two controls, in that order (round 0 is the first one's)."""
+    return [cfg, control_config(cfg, "baseline"), control_config(cfg, "mask")]
+
+
+def check_side_by_side(jobs: int) -> None:
+    if world_size() > 1:
+        raise ConfigError(f"--jobs {jobs}: runs side by side are for one process per machine; under torchrun use --jobs 1")
+
+
+def run_in_turn(runs: list[Config], log: Callable[[str], None] = print) -> None:
+    """Every round of each run, one run after another in this process (collective under torchrun);
+    the runs after the first start from a copy of its round 0."""
+    for run_cfg in runs:
+        if is_main():
+            write_run_config(run_cfg)
+            if run_cfg is not runs[0]:
+                share_round_zero(runs[0], run_cfg, log=log)
+        barrier()
+        for t in range(run_cfg.conta.rounds + 1):
+            run_round(run_cfg, t, log=log)
+
+
+def run_side_by_side(groups: list[list[Config]], jobs: int, log: Callable[[str], None] = print,
+                     round_zero: bool = False) -> None:
+    """Rounds 1..T of every run in its own process, `jobs` at a time, each with its share of the
+    cores. Each group is a main run and the controls that share its round 0; with `round_zero`,
+    that round 0 first runs in the pool too, and the group's rounds 1..T are queued once it is
+    done and copied (so `conta study` keeps the cores busy across seeds).
 
     Small CPU networks gain ~1.3x from a second torch thread but 2x from a second process, so on
     the demo's 2 cores three single-threaded runs finish well before the same runs one after
     another. Each process logs to <run dir>/log.txt and echoes its lines prefixed with the run's
-    name. A failed run does not stop the others; its error is raised once all have ended.
+    name. A failed run does not stop the others (a failed round 0 only its own group); the errors
+    are raised once all have ended.
     """
     threads = threads_per_run(jobs)
-    log(f"rounds 1..{runs[0].conta.rounds} of {', '.join(r.run.name for r in runs)}: "
-        f"{min(jobs, len(runs))} processes side by side, {threads} thread(s) each; logs in <run dir>/log.txt")
+    n_tasks = sum(len(group) + round_zero for group in groups)
+    processes = min(jobs, n_tasks)
+    names = ", ".join(r.run.name for group in groups for r in group)
+    first = f"round 0 of {', '.join(g[0].run.name for g in groups)}, then " if round_zero else ""
+    log(f"{first}rounds 1..{groups[0][0].conta.rounds} of {names}: "
+        f"{processes} processes side by side, {threads} thread(s) each; logs in <run dir>/log.txt")
     failures = []
-    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_rounds_alone, run_cfg, threads): run_cfg for run_cfg in runs}
-        for future, run_cfg in futures.items():
-            try:
-                future.result()
-            except Exception as exc:  # reported with the run it belongs to, after the others finish
-                failures.append(f"{run_cfg.run.name}: {exc} (log: {run_cfg.run_dir / 'log.txt'})")
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict[Future, tuple[Config, list[Config] | None]] = {}
+
+        def start_later_rounds(group: list[Config]) -> None:
+            for run_cfg in group[1:]:
+                write_run_config(run_cfg)
+                share_round_zero(group[0], run_cfg, log=log)
+            for run_cfg in group:
+                rounds = range(1, run_cfg.conta.rounds + 1)
+                pending[pool.submit(_run_rounds_alone, run_cfg, threads, rounds)] = (run_cfg, None)
+
+        for group in groups:
+            if round_zero:
+                write_run_config(group[0])
+                pending[pool.submit(_run_rounds_alone, group[0], threads, range(1))] = (group[0], group)
+            else:
+                start_later_rounds(group)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                run_cfg, waiting = pending.pop(future)
+                try:
+                    future.result()
+                except Exception as exc:  # reported with the run it belongs to, after the others finish
+                    later = "; its controls did not start" if waiting else ""
+                    failures.append(f"{run_cfg.run.name}: {exc} (log: {run_cfg.run_dir / 'log.txt'}){later}")
+                    continue
+                if waiting:
+                    start_later_rounds(waiting)
     if failures:
         raise ContaError("runs side by side failed:\n  " + "\n  ".join(failures))
 
@@ -179,8 +219,8 @@ def threads_per_run(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _run_rounds_alone(cfg: Config, threads: int) -> None:
-    """The body of one side-by-side process: rounds 1..T of `cfg` (finished work is skipped)."""
+def _run_rounds_alone(cfg: Config, threads: int, rounds: range) -> None:
+    """The body of one side-by-side process: some rounds of `cfg` (finished work is skipped)."""
     torch.set_num_threads(threads)
     os.environ["CONTA_PROGRESS"] = "0"        # bars from several processes would overwrite each other
     workers = [f"{section}.workers={threads}" for section in ("ir_label", "pseudo_mask")
@@ -192,5 +232,5 @@ def _run_rounds_alone(cfg: Config, threads: int) -> None:
             log_file.flush()
             print("\n".join(f"[{cfg.run.name}] {line}" for line in str(message).splitlines()), flush=True)
 
-        for t in range(1, cfg.conta.rounds + 1):
+        for t in rounds:
             run_round(cfg, t, log=log)
