@@ -338,8 +338,8 @@ class PretrainConfig:
     min_objects: int = 1
     max_objects: int = 3
     object_size: list[float] = field(default_factory=lambda: [0.2, 0.6])
-    images_per_epoch: int = 8192         # every image is new: epoch e draws images e*N .. e*N+N-1
-    epochs: int = 20
+    images_per_epoch: int = 4096         # every image is new: epoch e draws images e*N .. e*N+N-1
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9

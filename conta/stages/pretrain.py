@@ -74,13 +74,13 @@ def held_out(world: SynthConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def classification_metrics(scores: np.ndarray, tags: np.ndarray) -> dict[str, float]:
-    """Held-out quality: mAP over classes, the share of images whose every tag is right at
-    score 0 (logit; probability 0.5), and the per-tag accuracy."""
-    predicted = scores > 0
-    truth = tags > 0
+    """Held-out quality: mAP over classes, and top-k precision (an image with k tags: the share
+    of them among its k best scores), the multi-label form of top-1 accuracy."""
+    k = tags.sum(axis=1).astype(int)
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    hits = [tags[i, ranked[i, :k[i]]].sum() for i in range(len(tags))]
     return {"mAP": float(np.nanmean(average_precision(scores, tags))),
-            "exact_match": float((predicted == truth).all(axis=1).mean()),
-            "tag_accuracy": float((predicted == truth).mean())}
+            "top_k_precision": float(np.sum(hits) / max(k.sum(), 1))}
 
 
 def _validation(images: np.ndarray, tags: np.ndarray, device: torch.device, batch: int = 100) -> Callable:
@@ -95,7 +95,11 @@ def _validation(images: np.ndarray, tags: np.ndarray, device: torch.device, batc
 
 
 def multilabel_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    return F.multilabel_soft_margin_loss(model(batch["image"]).float(), batch["label"]), {}
+    """Softmax cross-entropy against the tags spread evenly (k tags: 1/k each), the loss of
+    large-scale multi-label pretraining (Mahajan et al., ECCV 2018). Per-class sigmoids averaged
+    over 99 classes left the network at the class prior for two epochs (docs/pretraining.md)."""
+    target = batch["label"] / batch["label"].sum(dim=1, keepdim=True).clamp(min=1)
+    return F.cross_entropy(model(batch["image"]).float(), target), {}
 
 
 def weights_bytes(model: ImageClassifier) -> bytes:
@@ -152,5 +156,5 @@ def pretrain(cfg: Config, out_dir: Path | None = None, command: str = "conta pre
                       "device": str(device), "machine": platform.machine()},
         "train_seconds_this_session": round(time.perf_counter() - started, 1),
     })
-    log(f"pretrain: held-out mAP {final['mAP']:.3f}, exact match {final['exact_match']:.3f}; wrote {path}")
+    log(f"pretrain: held-out mAP {final['mAP']:.3f}, top-k precision {final['top_k_precision']:.3f}; wrote {path}")
     return path
