@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config
 from PIL import Image
 
-from conta.config import Config, replace
+from conta.config import Config, load_config, replace
 from conta.data.palette import IGNORE_INDEX
 from conta.engine.sync_bn import GlooSyncBatchNorm
 from conta.errors import ConfigError, ContaError
@@ -409,3 +409,12 @@ def test_v3_config_checks() -> None:
         model_meta(cfg.seg, ["a"])
     assert model_meta(replace(cfg, ["seg.multi_grid=[1,2]"]).seg, ["a"])["multi_grid"] == [1, 2]
 
+
+def test_voc12_deeplabv3plus_config_builds_the_documented_network() -> None:
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "voc12_deeplabv3plus.yaml")
+    meta = model_meta(cfg.seg, [f"c{i}" for i in range(21)])
+    with torch.device("meta"):
+        model = build_seg_model(meta)
+    assert sum(p.numel() for p in model.parameters()) == 59_344_309  # docs/segmentation.md
+    assert [b.conv2.dilation[0] for b in model.base.backbone.layer4] == [2, 4, 8]
+    assert (cfg.seg.batch_size * cfg.seg.iter_size, cfg.seg.crop_size, cfg.seg.iterations) == (16, 513, 30000)
