@@ -243,13 +243,14 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     loader = DataLoader(stream, batch_size=micro, num_workers=cfg.data.num_workers, sampler=sampler,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
+    upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
     started = time.perf_counter()
     try:
         for it in bar:
             schedule.apply(it)
             loss, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, it, precision,
-                                                         upsample=trains_bn(meta))
+                                                         upsample)
             if logger is None:  # ranks > 0 only train
                 continue
             done = it + 1
