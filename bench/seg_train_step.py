@@ -25,8 +25,8 @@ from conta.data.build import build_dataset, ensure_dataset
 from conta.engine.distributed import RankSlices, is_main, wrap_ddp
 from conta.engine.precision import Precision
 from conta.models.cam_net import calibrate_bn_statistics
-from conta.seg_predictor import build_seg_model, model_meta
-from conta.stages.seg import SegTrainStream, build_optimizer, micro_batches, train_step
+from conta.seg_predictor import build_seg_model, model_meta, trains_bn
+from conta.stages.seg import SegTrainStream, build_optimizer, micro_batches, synchronise_bn, train_step
 
 
 def main() -> None:
@@ -48,8 +48,11 @@ def main() -> None:
         crops = list(DataLoader(stream, batch_size=micro, sampler=sampler, num_workers=cfg.data.num_workers))
 
         precision = Precision.from_run(cfg.run, device)
-        model = build_seg_model(model_meta(seg, ["background", *dataset.class_names]))
-        calibrate_bn_statistics(model.base, torch.cat([images for images, _ in crops[:accumulate]]))
+        meta = model_meta(seg, ["background", *dataset.class_names])
+        model = build_seg_model(meta)
+        if not trains_bn(meta):  # v2's frozen BN, as the demo trains it; v3/v3+ train theirs
+            calibrate_bn_statistics(model.base, torch.cat([images for images, _ in crops[:accumulate]]))
+        synchronise_bn(model, meta, seg, micro, device)
         precision.model(model.to(device).train())
         net = wrap_ddp(model, device)
         optimizer, schedule = build_optimizer(model, seg)
@@ -59,7 +62,7 @@ def main() -> None:
         def run(its: range) -> None:
             for it in its:
                 schedule.apply(it)
-                train_step(net, optimizer, scaler, batches, accumulate, device, it, precision)
+                train_step(net, optimizer, scaler, batches, accumulate, device, it, precision, upsample=trains_bn(meta))
 
         run(range(args.warmup))
         reset_peak_memory(device)

@@ -403,9 +403,9 @@ def _cmd_weights_convert(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _add_seg_commands(sub: argparse._SubParsersAction) -> None:
-    seg = sub.add_parser("seg", help="stage 5: the DeepLab v2 segmenter (train / test / crf)")
+    seg = sub.add_parser("seg", help="stage 5: the DeepLab segmenter, v2, v3 or v3+ (train / test / crf)")
     seg_sub = seg.add_subparsers(title="seg commands", metavar="COMMAND")
-    _stage(seg_sub, "train", "train DeepLab v2 on the round's pseudo-masks (or seg.label_source=gt)",
+    _stage(seg_sub, "train", "train DeepLab (seg.model) on the round's pseudo-masks (or seg.label_source=gt)",
            _cmd_seg_train, extra=_seg_train_args)
     _stage(seg_sub, "test", "predict a split (palette PNGs) and score it when it has masks", _cmd_seg_test,
            extra=_seg_test_args)

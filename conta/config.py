@@ -270,13 +270,20 @@ class PseudoMaskConfig:
 
 @dataclass
 class SegConfig:
-    """Stage 5: DeepLab v2 (ResNet-101, ASPP, multi-scale) trained on pseudo-masks."""
+    """Stage 5: DeepLab (v2 by default: ResNet-101, ASPP, multi-scale) trained on pseudo-masks.
 
+    v3 and v3+ (docs/segmentation.md) train their BN; output_stride, multi_grid and sync_bn are theirs.
+    """
+
+    model: Literal["deeplabv2", "deeplabv3", "deeplabv3plus"] = "deeplabv2"
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
     width: int = 64
     pretrained: str | None = None        # ImageNet torchvision file, "hub", or a converted DeepLab checkpoint
     normalization: Literal["imagenet", "caffe"] = "imagenet"
-    atrous_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    atrous_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])  # v2's; v3/v3+: 6/12/18 at stride 16, x2 at 8
+    output_stride: int = 16              # v3/v3+: 16 or 8 (v2 is always 8)
+    multi_grid: list[int] = field(default_factory=list)  # v3/v3+: layer4 dilation multipliers, one per block ([] = none)
+    sync_bn: bool = True                 # v3/v3+ under DDP: BN statistics over all processes
     msc_scales: list[float] = field(default_factory=lambda: [0.5, 0.75])
     label_source: Literal["pseudo_mask", "gt"] = "pseudo_mask"
     batch_size: int = 5
@@ -301,6 +308,8 @@ class SegConfig:
     def validate(self, key: str) -> None:
         _positive(self, key, "batch_size", "iter_size", "iterations", "lr", "lr_decay_every", "crop_size", "log_every", "save_every", "average_loss")
         _check(len(self.atrous_rates) > 0 and all(r > 0 for r in self.atrous_rates), f"{key}.atrous_rates", "must be positive")
+        _check(self.output_stride in (8, 16), f"{key}.output_stride", "must be 8 or 16")
+        _check(all(g >= 1 for g in self.multi_grid), f"{key}.multi_grid", "must be dilation multipliers >= 1")
         _check(all(0 < s < 1 for s in self.msc_scales), f"{key}.msc_scales", "extra input scales must be in (0, 1)")
         _check(all(s > 0 for s in self.scales), f"{key}.scales", "must be positive")
 

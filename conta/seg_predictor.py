@@ -20,18 +20,22 @@ from conta.config import Config, SegConfig
 from conta.data.transforms import normalize, resize_long_side, to_chw
 from conta.engine.checkpoint import load_checkpoint, save_checkpoint
 from conta.engine.device import resolve_device
-from conta.errors import ContaError
-from conta.models.deeplab import MSC, deeplab_v2
+from conta.errors import ConfigError, ContaError
+from conta.models.deeplab import MSC, deeplab_v2, deeplab_v3, v3_rates
+from conta.models.resnet import ARCHS
 
 OUTPUT_STRIDE = 8
-MODEL_KIND = "deeplab_v2"
+"""DeepLab v2's; logits files without a recorded stride are v2's."""
+KINDS = {"deeplabv2": "deeplab_v2", "deeplabv3": "deeplab_v3", "deeplabv3plus": "deeplab_v3plus"}
+"""seg.model -> the kind its model files record. Files from before v3 existed are all deeplab_v2."""
 
 
 def model_meta(seg: SegConfig, class_names: list[str], stride_in_1x1: bool = False) -> dict[str, Any]:
     """Everything needed to rebuild the network (the keys `conta weights convert` writes too);
-    `class_names` includes "background" first."""
-    return {
-        "kind": MODEL_KIND,
+    `class_names` includes "background" first. v3/v3+ add their output stride and multi-grid,
+    and record the ASPP rates that stride implies."""
+    meta: dict[str, Any] = {
+        "kind": KINDS[seg.model],
         "arch": seg.arch,
         "width": seg.width,
         "n_classes": len(class_names),
@@ -41,12 +45,29 @@ def model_meta(seg: SegConfig, class_names: list[str], stride_in_1x1: bool = Fal
         "normalization": seg.normalization,
         "class_names": list(class_names),
     }
+    if seg.model != "deeplabv2":
+        blocks = ARCHS[seg.arch][1][3]
+        if seg.multi_grid and len(seg.multi_grid) != blocks:
+            raise ConfigError(f"seg.multi_grid: {seg.arch} has {blocks} blocks in its last stage, so "
+                              f"{blocks} values (or [] for none), not {seg.multi_grid}")
+        meta.update(atrous_rates=list(v3_rates(seg.output_stride)), output_stride=seg.output_stride,
+                    multi_grid=list(seg.multi_grid))
+    return meta
 
 
 def build_seg_model(meta: dict[str, Any]) -> MSC:
-    return deeplab_v2(meta["n_classes"], arch=meta["arch"], width=meta["width"],
-                      atrous_rates=meta["atrous_rates"], msc_scales=meta["msc_scales"],
-                      stride_in_1x1=meta.get("stride_in_1x1", False))
+    if meta["kind"] == KINDS["deeplabv2"]:
+        return deeplab_v2(meta["n_classes"], arch=meta["arch"], width=meta["width"],
+                          atrous_rates=meta["atrous_rates"], msc_scales=meta["msc_scales"],
+                          stride_in_1x1=meta.get("stride_in_1x1", False))
+    return deeplab_v3(meta["n_classes"], arch=meta["arch"], width=meta["width"], output_stride=meta["output_stride"],
+                      decoder=meta["kind"] == KINDS["deeplabv3plus"], multi_grid=meta["multi_grid"],
+                      msc_scales=meta["msc_scales"], stride_in_1x1=meta.get("stride_in_1x1", False))
+
+
+def trains_bn(meta: dict[str, Any]) -> bool:
+    """v3/v3+ train their BN (so it can be synchronised across processes); v2's is frozen."""
+    return meta["kind"] != KINDS["deeplabv2"]
 
 
 def save_seg_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -56,7 +77,7 @@ def save_seg_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any
 def load_seg_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MSC, dict[str, Any]]:
     """Rebuild the network from the file's meta and load its weights strictly; eval mode."""
     state = load_checkpoint(path)
-    if not (isinstance(state, dict) and "model" in state and state.get("meta", {}).get("kind") == MODEL_KIND):
+    if not (isinstance(state, dict) and "model" in state and state.get("meta", {}).get("kind") in KINDS.values()):
         raise ContaError(f"{path}: not a whole conta DeepLab (a model.pt of `conta seg train`, "
                          "or a `conta weights convert` output of kind deeplab_v2)")
     meta = state["meta"]
@@ -68,25 +89,27 @@ def load_seg_model(path: str | Path, device: torch.device | str = "cpu") -> tupl
     return model.to(device).eval(), meta
 
 
-def padded_size(size: tuple[int, int]) -> tuple[int, int]:
-    """Right/bottom padding to a multiple of the output stride."""
-    return tuple(-(-s // OUTPUT_STRIDE) * OUTPUT_STRIDE for s in size)  # type: ignore[return-value]
+def padded_size(size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> tuple[int, int]:
+    """Right/bottom padding to a multiple of the output stride (the model's `output_stride`)."""
+    return tuple(-(-s // stride) * stride for s in size)  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def predict_logits(model: MSC, image: np.ndarray, normalization: str, device: torch.device) -> torch.Tensor:
-    """Stride-8 logits (C x h x w, float32, CPU) of the padded image; MSC max fusion in eval."""
+    """Logits (C x h x w, float32, CPU) of the image padded to a multiple of the model's output
+    stride (v2: 8; logits at /8, v3: at /stride, v3+: at /4); MSC max fusion in eval."""
     h, w = image.shape[:2]
-    hp, wp = padded_size((h, w))
+    hp, wp = padded_size((h, w), model.output_stride)
     x = torch.from_numpy(to_chw(normalize(image, normalization)))[None]
     x = F.pad(x, (0, wp - w, 0, hp - h))  # zero = the mean colour after normalisation
     return model.eval()(x.to(device))[0].float().cpu()
 
 
-def logits_to_probs(logits: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """Upsample stride-8 logits to the padded image, crop to `size` (H, W) and softmax."""
+def logits_to_probs(logits: torch.Tensor | np.ndarray, size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> torch.Tensor:
+    """Upsample logits to the image padded for a model of output stride `stride`, crop to `size`
+    (H, W) and softmax."""
     logits = torch.as_tensor(logits, dtype=torch.float32)[None]
-    up = F.interpolate(logits, size=padded_size(size), mode="bilinear", align_corners=False)
+    up = F.interpolate(logits, size=padded_size(size, stride), mode="bilinear", align_corners=False)
     return up[0, :, : size[0], : size[1]].softmax(0)
 
 
@@ -116,7 +139,7 @@ class Predictor:
         size = image.shape[:2]
         work = resize_long_side(image, self.seg.test_size, Image.BILINEAR) if resize else image
         logits = predict_logits(self.model, work, self.meta["normalization"], self.device)
-        probs = logits_to_probs(logits, work.shape[:2])
+        probs = logits_to_probs(logits, work.shape[:2], self.model.output_stride)
         if crf:
             from conta.ops.crf import crf_refine_probs
 

@@ -1,4 +1,5 @@
-"""ResNet backbones: shapes, strides, torchvision key names, frozen-statistics BN, strict weight loading."""
+"""ResNet backbones: shapes, strides, torchvision key names, frozen-statistics BN and its conversion,
+strict weight loading."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from conta.errors import ContaError
-from conta.models.resnet import FrozenStatsBatchNorm2d, resnet
+from conta.models.resnet import FrozenStatsBatchNorm2d, convert_batchnorm, resnet
 from conta.models.weights import load_backbone_weights
 
 LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
@@ -167,3 +168,17 @@ def test_weights_hub_empty_and_present(tmp_path, monkeypatch) -> None:
     _save_torchvision_file(model, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
     report = load_backbone_weights(resnet("resnet18", width=4), "hub", "resnet18")
     assert report.source.endswith("resnet18-f37072fd.pth")
+
+
+def test_convert_batchnorm_shares_parameters_and_statistics() -> None:
+    model = resnet("resnet18", width=4)
+    model.bn1.running_mean.fill_(0.5)
+    weight = model.bn1.weight
+    keys = model.state_dict().keys()
+    convert_batchnorm(model, FrozenStatsBatchNorm2d, torch.nn.BatchNorm2d)
+    assert type(model.bn1) is torch.nn.BatchNorm2d and type(model.layer4[0].downsample[1]) is torch.nn.BatchNorm2d
+    assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in model.modules())
+    assert model.bn1.weight is weight and torch.equal(model.bn1.running_mean, torch.full((4,), 0.5))
+    assert model.state_dict().keys() == keys
+    model.train()(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(model.bn1.running_mean, torch.full((4,), 0.5))  # now it learns statistics

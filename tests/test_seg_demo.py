@@ -39,6 +39,15 @@ def test_demo_single_writes_a_figure(tmp_path: Path, model: Path, capsys: pytest
     assert (tmp_path / "runs" / "demo" / "demo" / "photo_crf.png").is_file()
 
 
+def test_demo_single_with_a_v3plus_model(tmp_path: Path) -> None:
+    """The figure comes from the file alone: the v3+ network is rebuilt from its meta."""
+    v3plus = untrained_model(seg_config(tmp_path, "seg.model=deeplabv3plus"), tmp_path / "v3plus.pt", ["cat", "dog"])
+    save_rgb(tmp_path / "photo.png", np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    out = tmp_path / "figure.png"
+    argv = ["demo", "single", "--model-path", str(v3plus), "--image-path", str(tmp_path / "photo.png"), "--out", str(out)]
+    assert main(_args(tmp_path, *argv)) == 0 and out.is_file()
+
+
 def test_demo_single_missing_image_is_a_clean_error(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["demo", "single", "--model-path", str(model), "--image-path", str(tmp_path / "nope.jpg")]
     assert main(_args(tmp_path, *argv)) == 2

@@ -1,5 +1,6 @@
 """Segmentation stage: MSC loss, optimiser groups and poly schedule, frozen BN, iter_size,
-exact resume, TensorBoard, test (PNGs, logits, mIoU, no-GT splits), dense CRF, Predictor."""
+exact resume, TensorBoard, test (PNGs, logits, mIoU, no-GT splits), dense CRF, Predictor; and the
+same path for DeepLab v3+ (trainable BN, its loss, its weights, its model files, SyncBN's switch)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import torch.nn.functional as F
 from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config
 from PIL import Image
 
-from conta.config import Config, replace
+from conta.config import Config, load_config, replace
 from conta.data.palette import IGNORE_INDEX
-from conta.errors import ContaError
+from conta.engine.sync_bn import GlooSyncBatchNorm
+from conta.errors import ConfigError, ContaError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
 from conta.models.resnet import resnet
-from conta.seg_predictor import Predictor, build_seg_model, logits_to_probs, model_meta, padded_size
+from conta.models.deeplab import DeepLabV2, DeepLabV3
+from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta, padded_size
 from conta.stages import seg
 from conta.stages.paths import round_paths
 
@@ -287,3 +290,131 @@ def test_predictor_labels_at_the_input_size(trained: Config) -> None:
     assert labels_resized.shape == image.shape[:2] and probs_crf.shape == probs.shape
     with pytest.raises(ContaError, match="uint8"):
         predictor.predict(image.astype(np.float32))
+
+
+# -- DeepLab v3 / v3+ ---------------------------------------------------------------------------
+
+V3PLUS = ("seg.model=deeplabv3plus", "seg.lr=0.01", "seg.lr_decay_every=1")
+
+
+@pytest.fixture(scope="module")
+def trained_v3plus(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    cfg = seg_config(tmp_path_factory.mktemp("seg_v3plus"), *V3PLUS)
+    seg.train(cfg, 0, log=lambda s: None)
+    return cfg
+
+
+def test_v3plus_trains_tests_refines_and_predicts(trained_v3plus: Config) -> None:
+    cfg, paths = trained_v3plus, round_paths(trained_v3plus, 0)
+    saved = torch.load(paths.seg / "model.pt", weights_only=True)
+    assert saved["meta"]["kind"] == "deeplab_v3plus" and saved["meta"]["output_stride"] == 16
+    # BN trained: 6 iterations x 2 micro-batches moved every BN's statistics
+    assert saved["model"]["base.backbone.bn1.num_batches_tracked"] == 12
+    assert saved["model"]["base.decoder.reduce.1.num_batches_tracked"] == 12
+    model, meta = load_seg_model(paths.seg / "model.pt")
+    assert isinstance(model.base, DeepLabV3) and model.base.decoder is not None and meta == saved["meta"]
+
+    scores = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
+    assert np.isfinite(scores["miou"])
+    hp, wp = padded_size((IMAGE_SIZE, IMAGE_SIZE), 16)
+    for image_id in seg.build_dataset(cfg.data, "val").ids:
+        logits = load_npz(paths.seg_logits("val") / f"{image_id}.npz")
+        assert logits["logits"].shape == (N_CLASSES, hp // 4, wp // 4) and int(logits["stride"]) == 16
+    assert np.isfinite(seg.crf(cfg, 0, "val", workers=1, log=lambda s: None)["miou"])
+    dataset = seg.build_dataset(cfg.data, "val")
+    labels, _ = Predictor(cfg, paths.seg / "model.pt").predict(dataset.image(dataset.ids[0]))
+    assert np.array_equal(labels, load_label_png(paths.seg_pred("val") / f"{dataset.ids[0]}.png"))
+
+
+def test_model_files_without_a_newer_kind_load_as_v2(tmp_path: Path) -> None:
+    cfg = seg_config(tmp_path)
+    meta = model_meta(cfg.seg, ["background", "a"])
+    # the keys every model file had before v3 existed: nothing new is written for v2
+    assert set(meta) == {"kind", "arch", "width", "n_classes", "atrous_rates", "msc_scales", "stride_in_1x1",
+                         "normalization", "class_names"} and meta["kind"] == "deeplab_v2"
+    seg.save_seg_model(tmp_path / "old.pt", build_seg_model(meta), meta)
+    assert isinstance(load_seg_model(tmp_path / "old.pt")[0].base, DeepLabV2)
+    # logits kept before the stride was recorded are v2's stride-8 logits
+    logits = torch.randn(2, 7, 7)
+    np.savez(tmp_path / "old.npz", logits=logits.numpy().astype(np.float16), size=np.array([50, 52]))
+    image = np.zeros((50, 52, 3), np.uint8)
+    save_rgb(tmp_path / "old.png", image)
+    seg._crf_job((tmp_path / "old.png", tmp_path / "old.npz", tmp_path / "crf.png", cfg.seg.crf))
+    assert load_label_png(tmp_path / "crf.png").shape == (50, 52)
+
+
+def test_v3_loss_compares_logits_upsampled_to_the_crop() -> None:
+    model = build_seg_model(model_meta(seg_config(Path("unused"), "seg.model=deeplabv3").seg, ["a", "b", "c"])).train()
+    images, labels = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
+    labels[0, :5] = IGNORE_INDEX
+    torch.manual_seed(5)  # the same dropout masks in both passes
+    total, (_, _, outputs) = seg._accumulate(model, iter([(images, labels)]), 1, torch.device("cpu"), upsample=True)
+    assert outputs[0].shape[-1] == 3  # logits at /16
+    torch.manual_seed(5)
+    logits = F.interpolate(model(images)[0], size=(33, 33), mode="bilinear", align_corners=False)
+    assert total == pytest.approx(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX).item(), rel=1e-5)
+
+
+def test_sync_bn_switch_and_the_two_image_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = seg_config(Path("unused"), "seg.model=deeplabv3plus")
+    meta = model_meta(cfg.seg, ["a", "b"])
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="at least 2 images per micro-batch.*seg.batch_size"):
+        seg.synchronise_bn(build_seg_model(meta), meta, cfg.seg, 1, cpu)
+    assert not seg.synchronise_bn(build_seg_model(meta), meta, cfg.seg, 2, cpu)  # one process: plain BN
+    monkeypatch.setattr(seg, "world_size", lambda: 2)
+    model = build_seg_model(meta)
+    assert seg.synchronise_bn(model, meta, cfg.seg, 1, cpu)  # two processes share the statistics
+    assert all(type(m) is GlooSyncBatchNorm for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    off = replace(cfg, ["seg.sync_bn=false"]).seg
+    with pytest.raises(ConfigError, match="seg.sync_bn=true"):
+        seg.synchronise_bn(build_seg_model(meta), meta, off, 1, cpu)
+    v2_meta = model_meta(seg_config(Path("unused")).seg, ["a", "b"])
+    v2 = build_seg_model(v2_meta)
+    assert not seg.synchronise_bn(v2, v2_meta, cfg.seg, 1, cpu)
+    assert not any(type(m) is GlooSyncBatchNorm for m in v2.modules())
+
+
+def test_v3plus_init_from_scratch_torchvision_or_segmenters(trained: Config, trained_v3plus: Config,
+                                                             tmp_path: Path) -> None:
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_seg_model(model_meta(trained_v3plus.seg, ["background", *seg.build_dataset(trained.data, "train").class_names]))
+
+    assert "BN trains" in seg.init_weights(fresh(), trained_v3plus.seg, None, lambda: pytest.fail("calibrated"))
+    torchvision_file = tmp_path / "resnet18.pth"
+    imagenet = resnet("resnet18", 8)
+    torch.save({**imagenet.state_dict(), "fc.weight": torch.zeros(10, 64), "fc.bias": torch.zeros(10)}, torchvision_file)
+    v3plus_file, v2_file = (round_paths(c, 0).seg / "model.pt" for c in (trained_v3plus, trained))
+    v3plus_state = torch.load(v3plus_file, weights_only=True)["model"]
+    for source, expected in [(torchvision_file, "backbone: loaded"), (v3plus_file, "loaded trunk and ASPP and decoder"),
+                             (v2_file, "the file's is a deeplab_v2 head")]:
+        model = fresh()
+        cfg = replace(trained_v3plus, [f"seg.pretrained={source}"])
+        message = seg.init_weights(model, cfg.seg, seg.pretrained_meta(str(source)), lambda: pytest.fail("calibrated"))
+        assert expected in message
+        head_loaded = source == v3plus_file
+        assert ("ASPP and decoder randomly initialised" in message) != head_loaded
+        assert torch.equal(model.base.classifier.weight, v3plus_state["base.classifier.weight"]) == head_loaded
+        if source == torchvision_file:  # strictly, every trunk tensor, into the trainable-BN trunk
+            for key, value in model.base.backbone.state_dict().items():
+                assert torch.equal(value, imagenet.state_dict()[key]), key
+
+
+def test_v3_config_checks() -> None:
+    with pytest.raises(ConfigError, match="seg.output_stride: must be 8 or 16"):
+        seg_config(Path("unused"), "seg.model=deeplabv3", "seg.output_stride=32")
+    cfg = seg_config(Path("unused"), "seg.model=deeplabv3", "seg.multi_grid=[1,2,4]")  # resnet18: 2 blocks
+    with pytest.raises(ConfigError, match="seg.multi_grid: resnet18 has 2 blocks"):
+        model_meta(cfg.seg, ["a"])
+    assert model_meta(replace(cfg, ["seg.multi_grid=[1,2]"]).seg, ["a"])["multi_grid"] == [1, 2]
+
+
+def test_voc12_deeplabv3plus_config_builds_the_documented_network() -> None:
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "voc12_deeplabv3plus.yaml")
+    meta = model_meta(cfg.seg, [f"c{i}" for i in range(21)])
+    with torch.device("meta"):
+        model = build_seg_model(meta)
+    assert sum(p.numel() for p in model.parameters()) == 59_344_309  # docs/segmentation.md
+    assert [b.conv2.dilation[0] for b in model.base.backbone.layer4] == [2, 4, 8]
+    assert (cfg.seg.batch_size * cfg.seg.iter_size, cfg.seg.crop_size, cfg.seg.iterations) == (16, 513, 30000)

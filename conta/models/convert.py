@@ -46,6 +46,9 @@ BN_EPS = 1e-5                          # conta's BatchNorm eps (nn.BatchNorm2d's
 DEEPLAB_RATES = (6, 12, 18, 24)        # deeplab-pytorch's only ASPP setting (not stored in its files)
 MSC_SCALES = (0.5, 0.75)
 KINDS = ("deeplab_v2", "resnet_backbone")
+"""What a conversion writes."""
+LOADABLE = (*KINDS, "deeplab_v3", "deeplab_v3plus")
+"""What `load_converted` initialises a segmenter from: conversions and `conta seg train`'s model.pt of any kind."""
 UNIT_NAMES = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1"),
               "2b": ("conv2", "bn2"), "2c": ("conv3", "bn3")}
 DL_UNITS = {"reduce": "2a", "conv3x3": "2b", "increase": "2c", "shortcut": "1", "proj": "1"}
@@ -320,11 +323,12 @@ def save_conversion(conversion: Conversion, out: str | Path) -> Path:
 
 
 def load_converted(model: MSC, path: str | Path) -> str:
-    """Initialise a DeepLab from a converted file: the trunk strictly, the ASPP too when its class
-    count matches (else it keeps its random init, e.g. COCO's 91 classes into VOC's 21)."""
+    """Initialise a DeepLab from a converted file or a conta segmenter: the trunk strictly, the head
+    (ASPP, and v3+'s decoder) too when the file's is of the same architecture with the same shapes
+    (else it keeps its random init, e.g. COCO's 91 classes into VOC's 21)."""
     state = load_checkpoint(path)
     meta = state.get("meta") if isinstance(state, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") not in KINDS:
+    if not isinstance(meta, dict) or meta.get("kind") not in LOADABLE:
         raise ContaError(f"{path}: not a converted weights file (make one with `conta weights convert`)")
     backbone: ResNet = model.base.backbone
     if _stride_in_1x1(backbone) != meta["stride_in_1x1"]:
@@ -335,18 +339,21 @@ def load_converted(model: MSC, path: str | Path) -> str:
         trunk, head = weights, {}
     else:
         trunk = {k.removeprefix("base.backbone."): v for k, v in weights.items() if k.startswith("base.backbone.")}
-        head = {k.removeprefix("base.aspp."): v for k, v in weights.items() if k.startswith("base.aspp.")}
+        head = {k.removeprefix("base."): v for k, v in weights.items()
+                if k.startswith("base.") and not k.startswith("base.backbone.")}
     try:
         backbone.load_state_dict(trunk, strict=True)
     except RuntimeError as exc:
         raise ContaError(f"{path}: trunk does not fit this model ({str(exc).splitlines()[0]})") from None
-    aspp = model.base.aspp
-    own = aspp.state_dict()
-    if head and head.keys() == own.keys() and all(head[k].shape == v.shape for k, v in own.items()):
-        aspp.load_state_dict(head, strict=True)
-        return f"loaded trunk and ASPP from {path}"
-    reason = "the file has none" if not head else "its classes or rates differ from this model's"
-    return f"loaded the trunk from {path}; ASPP randomly initialised ({reason})"
+    net, name = model.base, model.base.head_name
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("backbone.")}
+    same = meta["kind"] == net.kind
+    if head and same and head.keys() == own.keys() and all(head[k].shape == v.shape for k, v in own.items()):
+        net.load_state_dict({**{f"backbone.{k}": v for k, v in trunk.items()}, **head}, strict=True)
+        return f"loaded trunk and {name} from {path}"
+    reason = ("the file has none" if not head else "its classes or rates differ from this model's" if same
+              else f"the file's is a {meta['kind']} head, this model is {net.kind}")
+    return f"loaded the trunk from {path}; {name} randomly initialised ({reason})"
 
 
 def _stride_in_1x1(backbone: ResNet) -> bool:

@@ -1,13 +1,15 @@
 """ResNet backbones with torchvision key names, configurable strides/dilations and frozen-statistics BN.
 
-One class serves both references: IRNet's classifier and IRN (torchvision layout, strides
-(2, 2, 2, 1), no dilation; spec 2.1, 4.1) and DeepLab v2 (strides (2, 2, 1, 1), dilations
-(1, 1, 2, 4), ceil-mode max-pool, optionally the MSRA stride-in-1x1 layout; spec 7.1). Keeping torchvision's key
-names lets ImageNet checkpoints load strictly (`conta.models.weights`).
+One class serves all the references: IRNet's classifier and IRN (torchvision layout, strides
+(2, 2, 2, 1), no dilation; spec 2.1, 4.1), DeepLab v2 (strides (2, 2, 1, 1), dilations
+(1, 1, 2, 4), ceil-mode max-pool, optionally the MSRA stride-in-1x1 layout; spec 7.1) and DeepLab
+v3/v3+ (output stride 16 or 8, optionally multi-grid, BN made trainable by `convert_batchnorm`).
+Keeping torchvision's key names lets ImageNet checkpoints load strictly (`conta.models.weights`).
 
 Dilation rule: every block of a layer uses that layer's dilation, the first block included. This
-is deeplab-pytorch's behaviour; IRNet forces dilation 1 on first blocks, which makes no difference
-with its all-ones dilations.
+is deeplab-pytorch's behaviour (and pytorch-deeplab-xception's); IRNet forces dilation 1 on first
+blocks, which makes no difference with its all-ones dilations. `multi_grid` multiplies the last
+layer's dilation block by block (DeepLab v3's Multi-Grid).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
@@ -31,6 +34,26 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
             x, self.running_mean, self.running_var, self.weight, self.bias,
             training=False, momentum=0.0, eps=self.eps,
         )
+
+
+def convert_batchnorm(module: nn.Module, source: type[nn.BatchNorm2d], target: type[_BatchNorm]) -> nn.Module:
+    """Replace, in place, every BN of exactly type `source` under `module` by a `target` that shares
+    its parameters and statistics (so devices, values and state-dict keys stay); returns `module`.
+
+    Builds DeepLab v3's trainable BN from the frozen one, and the cross-process BN under DDP.
+    """
+    for name, child in module.named_children():
+        if type(child) is source:
+            new = target(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            if child.track_running_stats:
+                new.running_mean, new.running_var = child.running_mean, child.running_var
+                new.num_batches_tracked = child.num_batches_tracked
+            setattr(module, name, new.train(child.training))
+        else:
+            convert_batchnorm(child, source, target)
+    return module
 
 
 def _conv3x3(cin: int, cout: int, stride: int, dilation: int) -> nn.Conv2d:
@@ -107,7 +130,8 @@ class ResNet(nn.Module):
     """Stem + four residual layers (no fc); keys follow torchvision (conv1, bn1, layer1..layer4).
 
     `strides` = (conv1, layer2, layer3, layer4); layer1 has stride 1 and the max-pool stride 2.
-    `dilations` = (layer1, layer2, layer3, layer4), applied to every block of the layer.
+    `dilations` = (layer1, layer2, layer3, layer4), applied to every block of the layer; block j of
+    layer4 has dilations[3] * multi_grid[j] when `multi_grid` is given (one value per block).
     """
 
     def __init__(
@@ -119,10 +143,13 @@ class ResNet(nn.Module):
         dilations: Sequence[int] = (1, 1, 1, 1),
         stride_in_1x1: bool = False,
         maxpool_ceil_mode: bool = False,
+        multi_grid: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if len(layers) != 4 or len(strides) != 4 or len(dilations) != 4:
             raise ValueError("layers, strides and dilations need four values each")
+        if multi_grid and len(multi_grid) != layers[3]:
+            raise ValueError(f"multi_grid needs one value per block of layer4 ({layers[3]}), got {list(multi_grid)}")
         self.conv1 = nn.Conv2d(3, width, 7, stride=strides[0], padding=3, bias=False)
         self.bn1 = FrozenStatsBatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -133,8 +160,9 @@ class ResNet(nn.Module):
         for i, (n, stride, dilation) in enumerate(zip(layers, layer_strides, dilations)):
             planes = width * 2**i
             blocks = []
+            grid = multi_grid if i == 3 and multi_grid else (1,) * n
             for j in range(n):
-                blocks.append(block(cin, planes, stride if j == 0 else 1, dilation, stride_in_1x1))
+                blocks.append(block(cin, planes, stride if j == 0 else 1, dilation * grid[j], stride_in_1x1))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels.append(cin)
@@ -177,9 +205,10 @@ def resnet(
     dilations: Sequence[int] = (1, 1, 1, 1),
     stride_in_1x1: bool = False,
     maxpool_ceil_mode: bool = False,
+    multi_grid: Sequence[int] = (),
 ) -> ResNet:
     """Build resnet18/34/50/101; `width` 64 is standard, smaller widths give CPU-sized networks."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
     block, layers = ARCHS[arch]
-    return ResNet(block, layers, width, strides, dilations, stride_in_1x1, maxpool_ceil_mode)
+    return ResNet(block, layers, width, strides, dilations, stride_in_1x1, maxpool_ceil_mode, multi_grid)

@@ -1,17 +1,21 @@
-"""Stage 5: DeepLab v2 trained on the round's pseudo-masks, then test and dense-CRF post-processing.
+"""Stage 5: DeepLab trained on the round's pseudo-masks, then test and dense-CRF post-processing.
 
-Follows deeplab-pytorch as CONTA ran it (spec 7): discrete scale augmentation, 321 crops, MSC
-loss summed over the four outputs, iter_size accumulation, SGD with 1x/10x/20x groups and a poly
-lr refreshed every 10 iterations, frozen BN. What changes (spec 9): whole-state checkpoints with
-exact resume (the data stream is a function of (seed, sample number), not of a shuffling
-iterator), strict weight loading, NaN detection, and the CRF sees the raw image.
+DeepLab v2 (the default) follows deeplab-pytorch as CONTA ran it (spec 7): discrete scale
+augmentation, 321 crops, MSC loss summed over the four outputs, iter_size accumulation, SGD with
+1x/10x/20x groups and a poly lr refreshed every 10 iterations, frozen BN. What changes (spec 9):
+whole-state checkpoints with exact resume (the data stream is a function of (seed, sample
+number), not of a shuffling iterator), strict weight loading, NaN detection, and the CRF sees the
+raw image. DeepLab v3/v3+ (seg.model, docs/segmentation.md) train at one scale with trainable BN,
+their logits upsampled to the crop for the loss, with 1x/10x groups.
 
 Under torchrun training is DDP: each iteration's seg.batch_size x seg.iter_size samples are split
-over the ranks (each accumulates its share in micro-batches of at most seg.batch_size), and
-test / CRF shard the images over the ranks; rank 0 writes checkpoints, TensorBoard and metrics.
+over the ranks (each accumulates its share in micro-batches of at most seg.batch_size), trainable
+BN is synchronised over the ranks (seg.sync_bn), and test / CRF shard the images over the ranks;
+rank 0 writes checkpoints, TensorBoard and metrics.
 
 Artifacts (round_<t>/seg/): checkpoint.pt, model.pt (+ meta), tb/, pred/<split>/<id>.png,
-pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 stride-8 logits + image size).
+pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 logits, the image size and the
+model's output stride, to which the image was padded).
 """
 
 from __future__ import annotations
@@ -41,18 +45,19 @@ from conta.engine.inference import WriteJob, pending, run_inference
 from conta.engine.parallel import run_parallel
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
+from conta.engine.sync_bn import convert_sync_batchnorm
 from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
-from conta.models.convert import KINDS as CONVERTED_KINDS
+from conta.models.convert import LOADABLE
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.models.weights import load_backbone_weights
 from conta.progress import progress
-from conta.seg_predictor import (build_seg_model, load_seg_model, logits_to_probs, model_meta,
-                                 predict_logits, save_seg_model)
+from conta.seg_predictor import (OUTPUT_STRIDE, build_seg_model, load_seg_model, logits_to_probs, model_meta,
+                                 predict_logits, save_seg_model, trains_bn)
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 
 Log = Callable[[str], None]
@@ -131,7 +136,7 @@ def pretrained_meta(source: str | None) -> dict | None:
         return None
     state = load_checkpoint(source)
     meta = state.get("meta") if isinstance(state, dict) else None
-    return meta if isinstance(meta, dict) and meta.get("kind") in CONVERTED_KINDS else None
+    return meta if isinstance(meta, dict) and meta.get("kind") in LOADABLE else None
 
 
 CALIBRATION_CROPS = 32
@@ -143,12 +148,14 @@ def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
                  sample_images: Callable[[], torch.Tensor]) -> str:
     """Apply seg.pretrained (whose `pretrained_meta` is `source_meta`) and say what it did.
 
-    null                  random initialisation, BN statistics estimated on `sample_images()`
+    null                  random initialisation; v2's frozen BN statistics estimated on `sample_images()`
     a conta weights file  (model.pt of `conta seg train`, or `conta weights convert` output): the
-                          trunk strictly, the ASPP too when its classes match
-    anything else         a torchvision ImageNet ResNet file or "hub": the backbone strictly, ASPP random
+                          trunk strictly, the head too when its architecture and classes match
+    anything else         a torchvision ImageNet ResNet file or "hub": the backbone strictly, head random
     """
     source = seg.pretrained
+    if source is None and seg.model != "deeplabv2":
+        return "seg.pretrained is null: random initialisation (BN trains, so no statistics to estimate)"
     if source is None:
         # frozen BN keeps a random net's identity statistics, so activations are badly scaled and
         # training from scratch stalls or diverges; estimate them from data instead
@@ -158,7 +165,7 @@ def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
     if source_meta is not None:
         return load_converted(model, source)
     report = load_backbone_weights(model.base.backbone, source, seg.arch, config_key="seg.pretrained")
-    return f"backbone: {report}; ASPP randomly initialised"
+    return f"backbone: {report}; {model.base.head_name} randomly initialised"
 
 
 def _stride_in_1x1(seg: SegConfig, meta: dict | None) -> bool:
@@ -211,37 +218,39 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
             return torch.stack([stream[k][0] for k in range(max(per_iteration, CALIBRATION_CROPS))])
 
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
+    start = int(state["iteration"]) if state is not None else 0
+    sampler = RankSlices(range(seg.iterations * per_iteration), per_iteration, range(start, seg.iterations),
+                         "seg.batch_size x seg.iter_size")
+    micro, steps = micro_batches(sampler.local, seg.batch_size)
+    synced = synchronise_bn(model, meta, seg, micro, device)
     precision = Precision.from_run(cfg.run, device)
     precision.model(model.to(device).train())
     net = wrap_ddp(model, device)
     optimizer, schedule = build_optimizer(model, seg)
     scaler = precision.scaler()
-    start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):  # empty when saved without fp16 loss scaling
             scaler.load_state_dict(state["scaler"])
         restore_rng(state)
-        start = int(state["iteration"])
         log(f"seg train: resuming at iteration {start} from {ckpt_path}")
     logger = TrainLogger(paths.seg / "tb", seg.average_loss, start, state.get("loss_window") if state else None) \
         if is_main() else None
 
-    sampler = RankSlices(range(seg.iterations * per_iteration), per_iteration, range(start, seg.iterations),
-                         "seg.batch_size x seg.iter_size")
-    micro, steps = micro_batches(sampler.local, seg.batch_size)
     if world_size() > 1:
         log(f"seg train: {world_size()} processes x {sampler.local} samples per iteration "
-            f"(micro-batches of {micro} x {steps})")
+            f"(micro-batches of {micro} x {steps}{', BN synchronised over them' if synced else ''})")
     loader = DataLoader(stream, batch_size=micro, num_workers=cfg.data.num_workers, sampler=sampler,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
+    upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
     started = time.perf_counter()
     try:
         for it in bar:
             schedule.apply(it)
-            loss, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, it, precision)
+            loss, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, it, precision,
+                                                         upsample)
             if logger is None:  # ranks > 0 only train
                 continue
             done = it + 1
@@ -269,6 +278,24 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     return model_path
 
 
+def synchronise_bn(model: MSC, meta: dict, seg: SegConfig, micro: int, device: torch.device) -> bool:
+    """Make a v3/v3+ model's BN cross-process under DDP when seg.sync_bn (in place); True if it did.
+
+    Trainable BN needs two values per channel: the image-pooling branch has one per image, so a
+    micro-batch of one image fails unless other processes share its statistics.
+    """
+    if not trains_bn(meta):
+        return False
+    synced = seg.sync_bn and world_size() > 1
+    if micro * (world_size() if synced else 1) < 2:
+        raise ConfigError(f"seg.model={seg.model} trains BatchNorm, which needs at least 2 images per "
+                          f"micro-batch, and each process gets {micro}: raise seg.batch_size"
+                          f"{' or set seg.sync_bn=true' if world_size() > 1 else ''}")
+    if synced:
+        convert_sync_batchnorm(model, device)
+    return synced
+
+
 def micro_batches(samples: int, batch_size: int) -> tuple[int, int]:
     """(size, count) of the micro-batches one process accumulates for its `samples` per iteration:
     the largest size up to seg.batch_size that divides them. One process: seg.batch_size x seg.iter_size."""
@@ -277,7 +304,8 @@ def micro_batches(samples: int, batch_size: int) -> tuple[int, int]:
 
 
 def build_optimizer(model: MSC, seg: SegConfig) -> tuple[torch.optim.SGD, PolySchedule]:
-    """SGD over the 1x / 10x / 20x groups (BN in none), lr refreshed every seg.lr_decay_every iterations."""
+    """SGD over the model's groups (v2: 1x / 10x / 20x, BN in none; v3/v3+: 1x / 10x), lr refreshed
+    every seg.lr_decay_every iterations."""
     optimizer = torch.optim.SGD(deeplab_param_groups(model, seg.lr, seg.weight_decay), lr=seg.lr, momentum=seg.momentum)
     return optimizer, PolySchedule(optimizer, seg.lr, seg.iterations, seg.poly_power, seg.lr_decay_every)
 
@@ -287,10 +315,11 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
 
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                batches: Iterator, steps: int, device: torch.device, it: int,
-               precision: Precision = Precision()) -> tuple[float, Batch]:
+               precision: Precision = Precision(), upsample: bool = False) -> tuple[float, Batch]:
     """One iteration: `steps` accumulated micro-batches, the loss averaged over the ranks and checked
-    (all ranks stop together on NaN), then the optimizer step. Returns the loss and the last micro-batch."""
-    total, last = _accumulate(net, batches, steps, device, precision, scaler)
+    (all ranks stop together on NaN), then the optimizer step. Returns the loss and the last micro-batch.
+    `upsample`: the loss compares logits upsampled to the crop (v3/v3+), not labels shrunk to them (v2)."""
+    total, last = _accumulate(net, batches, steps, device, precision, scaler, upsample)
     loss = float(all_reduce_sum(np.array([total]))[0]) / world_size()
     if not math.isfinite(loss):
         raise ContaError(f"seg train: loss is {loss} at iteration {it + 1}; lower seg.lr or check the labels")
@@ -300,9 +329,11 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
 
 
 def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: torch.device,
-                precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None) -> tuple[float, Batch]:
+                precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None,
+                upsample: bool = False) -> tuple[float, Batch]:
     """Gradients of `steps` micro-batches, each loss divided by `steps` (one effective batch); under
-    DDP the gradients are all-reduced once, with the last backward pass.
+    DDP the gradients are all-reduced once, with the last backward pass. With `upsample` the logits
+    are bilinearly upsampled to the labels before the loss (torchvision, pytorch-deeplab-xception).
 
     Returns the summed loss and the last micro-batch (images, labels, outputs) for logging.
     """
@@ -313,7 +344,10 @@ def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: tor
         with grad_sync(net, now=j == steps - 1):
             with precision.autocast():
                 outputs = net(precision.input(images))
-            loss = msc_loss([o.float() for o in outputs], labels) / steps
+            scored = [o.float() for o in outputs]
+            if upsample:
+                scored = [F.interpolate(o, size=labels.shape[-2:], mode="bilinear", align_corners=False) for o in scored]
+            loss = msc_loss(scored, labels) / steps
             (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.item()
     return total, (images, labels, outputs)
@@ -334,9 +368,11 @@ def default_model_path(cfg: Config, t: int) -> Path:
     return round_paths(cfg, t).seg / "model.pt"
 
 
-def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None:
-    """Stride-8 logits of the padded image as float16, with the image size needed to undo the padding."""
-    save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64))
+def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> None:
+    """Logits of the padded image as float16, with the image size and the model's output stride
+    (the padding multiple) needed to undo the padding."""
+    save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64),
+             stride=np.asarray(stride, np.int64))
 
 
 def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], model_path: Path,
@@ -360,8 +396,8 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], mo
 
         def write() -> None:
             if logit_dir is not None:
-                save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
-            labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
+                save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2], model.output_stride)
+            labels = logits_to_probs(logits, image.shape[:2], model.output_stride).argmax(0).numpy().astype(np.uint8)
             save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
 
         return write
@@ -422,7 +458,8 @@ def _crf_job(job: tuple[Path, Path, Path, CrfConfig]) -> None:
     image_path, logit_path, out_path, crf_cfg = job
     image = load_rgb(image_path)
     saved = load_npz(logit_path)
-    probs = logits_to_probs(saved["logits"], tuple(int(s) for s in saved["size"]))
+    stride = int(saved["stride"]) if "stride" in saved else OUTPUT_STRIDE  # files from before v3: v2's
+    probs = logits_to_probs(saved["logits"], tuple(int(s) for s in saved["size"]), stride)
     if probs.shape[1:] != image.shape[:2]:
         raise DataError(logit_path, f"logits are for a {tuple(saved['size'])} image, {image_path} is {image.shape[:2]}")
     refined = crf_refine_probs(image, probs.numpy(), crf_cfg)
