@@ -9,27 +9,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from conta.models.resnet import FrozenStatsBatchNorm2d, ResNet
-
-
-def trainable_batchnorm(model: nn.Module) -> nn.Module:
-    """Turn every frozen-statistics BN of `model` into an ordinary nn.BatchNorm2d, in place.
-
-    The two classes share their state (the frozen one only overrides `forward`), so the weights,
-    the statistics and the state-dict keys carry over unchanged.
-    """
-    for module in model.modules():
-        if type(module) is FrozenStatsBatchNorm2d:
-            module.__class__ = nn.BatchNorm2d
-    return model
+from conta.models.resnet import FrozenStatsBatchNorm2d, ResNet, convert_batchnorm
 
 
 class ImageClassifier(nn.Module):
-    """Backbone -> global average pooling -> linear scores, one per class (the ImageNet head)."""
+    """Backbone (its BN made trainable) -> global average pooling -> linear scores, one per class."""
 
     def __init__(self, backbone: ResNet, n_classes: int) -> None:
         super().__init__()
-        self.backbone = trainable_batchnorm(backbone)
+        self.backbone = convert_batchnorm(backbone, FrozenStatsBatchNorm2d, nn.BatchNorm2d)
         self.fc = nn.Linear(backbone.out_channels[-1], n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
