@@ -182,7 +182,9 @@ class CamConfig:
     flip: bool = True
     eval_threshold: float = 0.15
     sweep: list[float] = field(default_factory=lambda: [0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50])
-    save_high_res: bool = False
+    # full-resolution CAMs (evaluation, seeds): "direct" fuses each scale's map at full size and
+    # stores it (IRNet); "upsampled" derives them from the stride-4 CAM and stores nothing more
+    high_res: Literal["direct", "upsampled"] = "direct"
 
     def validate(self, key: str) -> None:
         _positive(self, key, "batch_size", "epochs", "lr", "crop_size")

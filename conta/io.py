@@ -64,11 +64,12 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(fh, **arrays)
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of the archive but those named in `skip` (left compressed on disk, unread)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files if key not in skip}
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except (ValueError, OSError) as exc:

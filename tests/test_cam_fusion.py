@@ -1,5 +1,6 @@
 """Multi-scale + flip CAM fusion: sizes, flip handling of image and context, class selection,
-max normalisation, upsampling alignment, and PIL-equivalent rescaling."""
+max normalisation, IRNet's two fusions (stride 4, and full resolution through the stride-16
+padded size), upsampling alignment, and PIL-equivalent rescaling."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from torch import Tensor, nn
 
 from conta.models.cam_net import CamNet
 from conta.models.resnet import resnet
-from conta.ops.cam_fusion import (multiscale_cam, normalize_max, rescale_image, select_classes,
-                                  strided_size, upsample_cam)
+from conta.ops.cam_fusion import (fuse_scales, normalize_max, rescale_image, scale_cams, strided_size,
+                                  strided_up_size, tagged_cams, upsample_cam)
 
 
 class Pointwise(nn.Module):
@@ -42,11 +43,20 @@ def test_strided_size_is_ceil_quarter(h: int, w: int) -> None:
     assert strided_size(h, w) == (-(-h // 4), -(-w // 4))
 
 
+def multiscale_cam(model: nn.Module, image: Tensor, scales: tuple[float, ...], flip: bool = True,
+                   context: Tensor | None = None) -> Tensor:
+    """The unnormalised stride-4 fusion of all classes."""
+    return fuse_scales(scale_cams(model, image, scales, flip, context), strided_size(*image.shape[-2:]))
+
+
 def test_shapes_and_one_batched_forward_per_scale() -> None:
     model = Pointwise()
-    cam = multiscale_cam(model, torch.randn(3, 37, 50), scales=(1.0, 0.5, 1.5, 2.0))
-    assert cam.shape == (3, 10, 13)
+    maps = scale_cams(model, torch.randn(3, 37, 50), scales=(1.0, 0.5, 1.5, 2.0))
+    assert [tuple(m.shape) for m in maps] == [(3, 37, 50), (3, 18, 25), (3, 56, 75), (3, 74, 100)]
     assert model.calls == [(2, 3, 37, 50), (2, 3, 18, 25), (2, 3, 56, 75), (2, 3, 74, 100)]
+    strided, full = tagged_cams(maps, np.array([2, 0]), (37, 50))
+    assert strided.shape == (2, 10, 13) and full.shape == (2, 37, 50)
+    assert tagged_cams(maps, np.array([1]), (37, 50), high_res=False)[1] is None
 
 
 def test_flip_of_an_equivariant_model_doubles_the_cam() -> None:
@@ -54,6 +64,42 @@ def test_flip_of_an_equivariant_model_doubles_the_cam() -> None:
     with_flip = multiscale_cam(model, image, scales=(1.0, 0.5), flip=True)
     without = multiscale_cam(model, image, scales=(1.0, 0.5), flip=False)
     assert torch.allclose(with_flip, 2 * without, atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w", "up"), [(37, 50, (48, 64)), (48, 64, (48, 64)), (1, 17, (16, 32))])
+def test_strided_up_size_is_the_next_multiple_of_16(h: int, w: int, up: tuple[int, int]) -> None:
+    assert strided_up_size(h, w) == up
+
+
+def _bilinear_1d(values: np.ndarray, out: int) -> np.ndarray:
+    """align_corners=False linear resampling, written out: source x = (j + 0.5) * n / out - 0.5,
+    clamped to the first and last sample."""
+    n = len(values)
+    x = np.clip((np.arange(out) + 0.5) * n / out - 0.5, 0, n - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    return values[lo] * (1 - (x - lo)) + values[hi] * (x - lo)
+
+
+def test_full_resolution_cam_is_fused_at_the_stride_16_size_then_cropped() -> None:
+    # IRNet's make_cam: every scale's map resized to 16 ceil(H/16) x 16 ceil(W/16), summed,
+    # cropped to H x W, divided by its maximum + 1e-5 (a 1 x 37 image: fused at 16 x 48)
+    row_a, row_b = np.array([0.0, 1.0, 3.0]), np.array([2.0, 0.0, 1.0, 4.0, 0.5])
+    maps = [torch.tensor(row_a, dtype=torch.float32).view(1, 1, 3).expand(1, 4, 3),
+            torch.tensor(row_b, dtype=torch.float32).view(1, 1, 5).expand(1, 2, 5)]
+    _, full = tagged_cams(maps, np.array([0]), (1, 37))
+    fused = (_bilinear_1d(row_a, 48) + _bilinear_1d(row_b, 48))[:37]
+    np.testing.assert_allclose(full[0, 0].numpy(), fused / (fused.max() + 1e-5), atol=1e-6)
+    # not the stride-4 CAM upsampled: that is resized to 4 ceil(W/4) = 40 columns first
+    strided, _ = tagged_cams(maps, np.array([0]), (1, 37))
+    assert not torch.allclose(upsample_cam(strided, (1, 37)), full, atol=1e-3)
+
+
+def test_stride_4_cam_sums_the_scales_at_ceil_quarter_size() -> None:
+    maps = [torch.rand(3, 5, 7), torch.rand(3, 9, 13)]
+    strided, _ = tagged_cams(maps, np.array([1]), (37, 50))
+    expected = sum(F.interpolate(m[None, 1:2], size=(10, 13), mode="bilinear", align_corners=False)[0] for m in maps)
+    assert torch.allclose(strided, expected / (expected.amax() + 1e-5), atol=1e-6)
 
 
 def test_symmetric_input_gives_a_symmetric_cam() -> None:
@@ -77,14 +123,15 @@ def test_context_is_flipped_with_the_image() -> None:
     assert fused[0, 0, -1] > fused[0, 0, 0]
 
 
-def test_select_classes_keeps_tagged_maps_with_max_one() -> None:
-    cam = torch.rand(5, 6, 7) * 3
+def test_tagged_cams_keep_tagged_maps_with_max_one() -> None:
+    cam = torch.rand(5, 24, 28) * 3
     cam[3] = 0  # a class that never fires stays zero, not NaN
-    kept = select_classes(cam, np.array([1, 3, 4]))
-    assert kept.shape == (3, 6, 7)
+    kept, full = tagged_cams([cam], np.array([1, 3, 4]), (96, 112))
+    assert kept.shape == (3, 24, 28) and full.shape == (3, 96, 112)
     assert torch.allclose(kept[0], cam[1] / (cam[1].max() + 1e-5))
     assert torch.allclose(kept.amax(dim=(1, 2)), torch.tensor([1.0, 0.0, 1.0]), atol=1e-4)
-    assert select_classes(cam, np.array([], np.int64)).shape == (0, 6, 7)
+    assert torch.allclose(full.amax(dim=(1, 2)), torch.tensor([1.0, 0.0, 1.0]), atol=1e-4)
+    assert tagged_cams([cam], np.array([], np.int64), (96, 112))[0].shape == (0, 24, 28)
     assert torch.equal(normalize_max(cam)[3], cam[3])
 
 
@@ -109,4 +156,4 @@ def test_rescale_matches_pil_bicubic(scale: float) -> None:
 
 def test_no_scales_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least one scale"):
-        multiscale_cam(Pointwise(), torch.randn(3, 8, 8), scales=())
+        scale_cams(Pointwise(), torch.randn(3, 8, 8), scales=())

@@ -13,11 +13,13 @@ from torch import nn
 
 import conta.engine.loop as loop
 from conta.cli import main
-from conta.config import Config, load_config
+from conta.config import CamConfig, Config, load_config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.transforms import denormalize
 from conta.errors import ContaError
 from conta.io import load_json
+from conta.models.cam_net import CamNet
+from conta.models.resnet import resnet
 from conta.stages import cam
 from conta.stages.paths import round_paths
 
@@ -117,8 +119,7 @@ def test_resume_after_an_interruption_is_exact(tmp_path: Path, data_root: Path,
 
 
 def test_cli_train_infer_eval_show(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture) -> None:
-    common = ["--config", str(write_config(tmp_path)), f"data.root={data_root}", f"run.out_dir={tmp_path / 'runs'}",
-              "cam.save_high_res=true"]
+    common = ["--config", str(write_config(tmp_path)), f"data.root={data_root}", f"run.out_dir={tmp_path / 'runs'}"]
     for step in ("train", "infer", "eval"):
         assert main(["cam", step, *common]) == 0
     cfg = tiny_config(tmp_path, data_root)
@@ -149,6 +150,16 @@ def test_cli_train_infer_eval_show(tmp_path: Path, data_root: Path, capsys: pyte
     out = tmp_path / "show.png"
     assert main(["cam", "show", *common, "--id", data.ids[0], "--out", str(out)]) == 0
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_high_res_switch_stores_the_direct_fusion_or_nothing() -> None:
+    model = CamNet(resnet("resnet18", width=4), 3).eval()
+    x, keys, cpu = torch.randn(3, 37, 50), np.array([0, 2]), torch.device("cpu")
+    direct = cam.cam_arrays(model, x, keys, CamConfig(scales=[1.0, 0.5]), cpu)
+    upsampled = cam.cam_arrays(model, x, keys, CamConfig(scales=[1.0, 0.5], high_res="upsampled"), cpu)
+    assert direct["high_res"].shape == (2, 37, 50) and direct["high_res"].dtype == np.float16
+    assert set(upsampled) == {"keys", "cam"}
+    np.testing.assert_array_equal(direct["cam"], upsampled["cam"])
 
 
 def test_context_input_trains_saves_and_is_required(tmp_path: Path, data_root: Path) -> None:

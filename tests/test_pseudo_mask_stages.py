@@ -95,6 +95,21 @@ def test_read_cam_rejects_a_wrong_grid(tmp_path: Path) -> None:
         read_cam(path, (24, 24))
 
 
+def test_seeds_read_the_stored_full_resolution_cam(tmp_path: Path) -> None:
+    # IRNet's cam_to_ir_label thresholds the stored high_res, not the stride-4 CAM upsampled
+    path = tmp_path / "a.npz"
+    strided = np.zeros((1, 2, 2), np.float16)
+    full = np.linspace(0, 1, 8 * 7, dtype=np.float32).reshape(1, 8, 7)
+    save_npz(path, keys=np.array([3]), cam=strided, high_res=full.astype(np.float16))
+    record = read_cam(path, (8, 7))
+    np.testing.assert_allclose(record.full_res((8, 7)), full, atol=1e-3)
+    assert read_cam(path, (8, 7), high_res=False).high_res is None  # the walk leaves it unread
+    assert not read_cam(path, (8, 7), high_res=False).full_res((8, 7)).any()  # upsampled from zeros
+    save_npz(path, keys=np.array([3]), cam=strided, high_res=full[:, :7].astype(np.float16))
+    with pytest.raises(DataError, match="high_res has shape"):
+        read_cam(path, (8, 7))
+
+
 # -- stage 3 ----------------------------------------------------------------------------------
 
 

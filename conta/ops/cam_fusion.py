@@ -5,10 +5,12 @@ is PIL's bicubic filter (a = -0.5, widened support when shrinking; equal to PIL'
 ~1e-6), so the reference's PIL resizing is matched without leaving the device. The reference
 resized the uint8 image before normalising; the difference is within uint8 rounding.
 
-High-resolution CAMs are always the stored stride-4 CAMs upsampled (`upsample_cam`), so CAM
-evaluation, IR labels and figures agree whether or not `high_res` was saved. IRNet instead
-upsampled each scale's map directly and max-normalised the result again; here the maxima stay
-those of the strided maps (interpolation can only lower them slightly), the price of one definition.
+Two fusions of the same per-scale maps, as in IRNet's make_cam: the stride-4 CAM (each scale's
+map resized to ceil(H/4) x ceil(W/4), summed, max-normalised), which the random walk reads, and
+the full-resolution CAM (each scale's map resized straight to 16 ceil(H/16) x 16 ceil(W/16),
+summed, cropped to H x W, max-normalised again), which CAM evaluation and seed labels read.
+`upsample_cam` derives a full-resolution map from the stride-4 one instead (cam.high_res:
+upsampled, which stores nothing more; docs/reproduce.md has what it changes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def strided_size(height: int, width: int, stride: int = 4) -> tuple[int, int]:
     return math.ceil(height / stride), math.ceil(width / stride)
 
 
+def strided_up_size(height: int, width: int, stride: int = 16) -> tuple[int, int]:
+    """16 ceil(H/16) x 16 ceil(W/16): the size the full-resolution CAM is fused at before its crop."""
+    h, w = strided_size(height, width, stride)
+    return h * stride, w * stride
+
+
 def rescale_image(images: Tensor, scale: float) -> Tensor:
     """(B, 3, H, W) resized to round(H*s) x round(W*s), PIL-bicubic style."""
     h, w = images.shape[-2:]
@@ -44,17 +52,16 @@ def rescale_image(images: Tensor, scale: float) -> Tensor:
 
 
 @torch.no_grad()
-def multiscale_cam(model: CamModel, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-                   flip: bool = True, context: Tensor | None = None) -> Tensor:
-    """Sum over scales of the (flip-averaged) CAMs, each resized to the stride-4 grid.
+def scale_cams(model: CamModel, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+               flip: bool = True, context: Tensor | None = None) -> list[Tensor]:
+    """Each scale's (flip-fused) CAM, (C, h_s, w_s) float32, one forward per scale.
 
     `image` is one normalised (3, H, W) tensor on the model's device; `context` its (1, hc, wc)
-    map, which is flipped with the image (the model resizes it to each scale itself). One forward
-    per scale, the image and its flip batched together. Returns (C, ceil(H/4), ceil(W/4)), unnormalised.
+    map, which is flipped with the image (the model resizes it to each scale itself). The image
+    and its flip are batched together, and the flip's map is flipped back and added.
     """
     if not scales:
-        raise ValueError("multiscale_cam needs at least one scale")
-    size4 = strided_size(*image.shape[-2:])
+        raise ValueError("multiscale CAMs need at least one scale")
     x0 = image[None]
     m0 = context[None] if context is not None else None
     maps = []
@@ -64,20 +71,35 @@ def multiscale_cam(model: CamModel, image: Tensor, scales: Sequence[float] = (1.
             x = torch.cat([x, x.flip(-1)])
             m = torch.cat([m, m.flip(-1)]) if m is not None else None
         out = model.cam(x, m).float()  # under autocast: fuse in float32, whatever the network computed in
-        cam = out[0] + out[1].flip(-1) if flip else out[0]
-        maps.append(F.interpolate(cam[None], size=size4, mode="bilinear", align_corners=False)[0])
-    return torch.stack(maps).sum(dim=0)
+        maps.append(out[0] + out[1].flip(-1) if flip else out[0])
+    return maps
+
+
+def fuse_scales(maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+    """Sum of the per-scale maps, each resized bilinearly (align_corners=False) to `size`."""
+    if maps[0].shape[0] == 0:  # no class (an untagged image): nothing to resize
+        return maps[0].new_zeros((0, *size))
+    return torch.stack([F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+                        for m in maps]).sum(dim=0)
+
+
+def tagged_cams(maps: Sequence[Tensor], keys: np.ndarray | Tensor, size: tuple[int, int],
+                high_res: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The tagged classes' fused CAMs of an H x W image from its per-scale maps: the stride-4 CAM
+    (K, ceil(H/4), ceil(W/4)) and, with `high_res`, the full-resolution one (K, H, W), each
+    max-normalised. Classes are selected first (the resizes act per class)."""
+    keys = torch.as_tensor(keys, dtype=torch.long, device=maps[0].device)
+    maps = [m[keys] for m in maps]
+    strided = normalize_max(fuse_scales(maps, strided_size(*size)))
+    if not high_res:
+        return strided, None
+    full = fuse_scales(maps, strided_up_size(*size))[:, : size[0], : size[1]]
+    return strided, normalize_max(full)
 
 
 def normalize_max(maps: Tensor) -> Tensor:
     """Each map divided by its own spatial maximum + 1e-5 (maps are >= 0; no min subtraction)."""
     return maps / (maps.amax(dim=(-2, -1), keepdim=True) + EPS)
-
-
-def select_classes(cam: Tensor, keys: np.ndarray | Tensor) -> Tensor:
-    """The maps of the tagged classes `keys` (0-based), max-normalised: (K, h, w)."""
-    keys = torch.as_tensor(keys, dtype=torch.long, device=cam.device)
-    return normalize_max(cam[keys])
 
 
 def upsample_cam(cam: Tensor, size: tuple[int, int]) -> Tensor:

@@ -4,7 +4,7 @@
     round_<t>/cam/model.pt        {"model": weights, "meta": how to rebuild the network}
     round_<t>/cam/maps/<id>.npz   keys (int64, 0-based tagged classes), cam (float16,
                                   K x ceil(H/4) x ceil(W/4), max-normalised), high_res (float16,
-                                  K x H x W, only with cam.save_high_res)
+                                  K x H x W, max-normalised; with cam.high_res: direct)
     round_<t>/metrics.json        sections "cam_train" (per-epoch log) and "cam" (scores)
 
 Optimiser: SGD with an explicit momentum (cam.momentum). IRNet's PolyOptimizer passed its weight
@@ -47,12 +47,13 @@ from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import ConfusionMatrix, average_precision, format_table
-from conta.io import atomic_path, load_npz, save_npz, save_rgb
+from conta.io import atomic_path, save_npz, save_rgb
 from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics
 from conta.models.resnet import resnet
 from conta.models.weights import load_backbone_weights
-from conta.ops.cam_fusion import multiscale_cam, select_classes, upsample_cam
+from conta.ops.cam_fusion import scale_cams, tagged_cams
 from conta.progress import progress
+from conta.stages.ir_label import read_cam
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
 
@@ -266,11 +267,11 @@ def cam_arrays(model: CamNet, x: torch.Tensor, keys: np.ndarray, cam: CamConfig,
     tagged classes, max-normalised (the network under `precision`'s autocast, the fusion in float32)."""
     m = torch.from_numpy(context)[None].to(device) if context is not None else None
     with precision.autocast():
-        fused = multiscale_cam(model, x.to(device, non_blocking=True), cam.scales, cam.flip, m)
-    strided = select_classes(fused, keys)
+        maps = scale_cams(model, x.to(device, non_blocking=True), cam.scales, cam.flip, m)
+    strided, full = tagged_cams(maps, keys, tuple(x.shape[-2:]), high_res=cam.high_res == "direct")
     arrays = {"keys": keys.astype(np.int64), "cam": strided.cpu().numpy().astype(np.float16)}
-    if cam.save_high_res:
-        arrays["high_res"] = upsample_cam(strided, tuple(x.shape[-2:])).cpu().numpy().astype(np.float16)
+    if full is not None:
+        arrays["high_res"] = full.cpu().numpy().astype(np.float16)
     return arrays
 
 
@@ -315,13 +316,13 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
 
 
 def load_cam_map(paths: RoundPaths, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, full-resolution CAMs K x H x W float32) of one image, from its stored stride-4 maps."""
+    """(keys, full-resolution CAMs K x H x W float32) of one image: its stored `high_res`, or its
+    stride-4 maps upsampled when the file has none (cam.high_res: upsampled)."""
     path = _map_path(paths, image_id)
     if not path.is_file():
         raise DataError(path, "CAM not found: run `conta cam infer` (and check data.infer_split covers this image)")
-    stored = load_npz(path)
-    cam = torch.from_numpy(stored["cam"].astype(np.float32))
-    return stored["keys"].astype(np.int64), upsample_cam(cam, size).numpy()
+    record = read_cam(path, size, high_res=True)
+    return record.keys, record.full_res(size)
 
 
 # -- evaluation --------------------------------------------------------------------------------

@@ -33,14 +33,12 @@ from conta.stages.paths import round_paths, update_metrics, write_done_marker
 
 @dataclass(frozen=True)
 class CamRecord:
-    """One image's stored CAM (spec 2.6): tagged classes and their stride-4 maps.
-
-    A stored `high_res` is not used: full-resolution maps are always the strided ones upsampled
-    (`upsample_cam`), so seeds agree with the CAM evaluation whether or not it was saved.
-    """
+    """One image's stored CAM: tagged classes, their stride-4 maps, and their full-resolution
+    maps when the file holds them (cam.high_res: direct)."""
 
     keys: np.ndarray                 # (K,) int64 0-based class indices
     cam: np.ndarray                  # (K, ceil(H/4), ceil(W/4)) float32, max-normalised
+    high_res: np.ndarray | None = None  # (K, H, W) float32, max-normalised
 
     @property
     def label_values(self) -> np.ndarray:
@@ -48,12 +46,16 @@ class CamRecord:
         return np.concatenate([[0], self.keys + 1]).astype(np.uint8)
 
     def full_res(self, size: tuple[int, int]) -> np.ndarray:
+        """(K, H, W) CAMs: the stored full-resolution ones, else the stride-4 ones upsampled."""
+        if self.high_res is not None:
+            return self.high_res
         return upsample_cam(torch.from_numpy(self.cam), size).numpy()
 
 
-def read_cam(path: Path, size: tuple[int, int]) -> CamRecord:
-    """Load `<id>.npz` and check its grid against the H x W image it belongs to."""
-    data = load_npz(path)
+def read_cam(path: Path, size: tuple[int, int], high_res: bool = True) -> CamRecord:
+    """Load `<id>.npz` and check its maps against the H x W image they belong to; `high_res`
+    False leaves a stored full-resolution map unread (the random walk needs only the stride-4 one)."""
+    data = load_npz(path, skip=() if high_res else ("high_res",))
     if "keys" not in data or "cam" not in data:
         raise DataError(path, "CAM file needs the arrays 'keys' and 'cam'")
     keys = data["keys"].astype(np.int64).reshape(-1)
@@ -61,7 +63,11 @@ def read_cam(path: Path, size: tuple[int, int]) -> CamRecord:
     expected = (len(keys), *strided_size(*size))
     if cam.shape != expected:
         raise DataError(path, f"cam has shape {cam.shape}, expected {expected} for a {size[0]} x {size[1]} image")
-    return CamRecord(keys, cam)
+    full = data.get("high_res")
+    if full is not None and full.shape != (len(keys), *size):
+        raise DataError(path, f"high_res has shape {full.shape}, expected {(len(keys), *size)} for a "
+                              f"{size[0]} x {size[1]} image")
+    return CamRecord(keys, cam, None if full is None else full.astype(np.float32))
 
 
 def threshold_argmax(scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -64,7 +64,7 @@ def _start_walker(cfg: Config, t: int) -> None:
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
     image = load_rgb(image_path)
-    return image, read_cam(cam_path, image.shape[:2])
+    return image, read_cam(cam_path, image.shape[:2], high_res=False)
 
 
 def _walk_one(job: tuple[Path, Path, Path]) -> None:
