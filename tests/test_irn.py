@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from conta.models.irn import IRN, affinity_labels, affinity_loss, displacement_loss, infer_boundary_displacement, irn_losses
+from conta.models.irn import (IRN, affinity_labels, affinity_loss, displacement_loss, infer_boundary_displacement,
+                              inference_size, irn_losses)
 from conta.models.resnet import resnet
 from conta.ops.path_index import PathIndex
 
@@ -63,7 +64,7 @@ def test_boundary_branch_trains_the_same_without_the_displacement_branch() -> No
     assert torch.equal(lean_losses["total"], (lean_losses["affinity_pos"] + lean_losses["affinity_neg"]) / 2)
     for a, b in zip(full.boundary_head.parameters(), lean.boundary_head.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
-    assert infer_boundary_displacement(lean, x[0])[1] is None
+    assert infer_boundary_displacement(lean, x[0], 32)[1] is None
 
 
 def test_displacement_mean_is_subtracted_in_eval_only(model: IRN) -> None:
@@ -78,15 +79,32 @@ def test_displacement_mean_is_subtracted_in_eval_only(model: IRN) -> None:
     assert torch.allclose(shifted, raw - torch.tensor([0.5, -2.0]).view(1, 2, 1, 1), atol=1e-6)
 
 
-def test_inference_pads_to_16_flips_and_crops(model: IRN) -> None:
+@pytest.mark.parametrize(("size", "crop", "padded"), [((375, 500), 512, (512, 512)), ((600, 300), 512, (608, 512)),
+                                                   ((37, 45), 64, (64, 64)), ((37, 45), 32, (48, 48))])
+def test_inference_size_is_the_training_crop_or_the_next_multiple_of_16(size, crop, padded) -> None:
+    assert inference_size(*size, crop) == padded
+
+
+def test_inference_pads_to_the_crop_flips_and_crops(model: IRN) -> None:
+    # IRNet's EdgeDisplacement: the image and its mirror, zero-padded right/bottom to the 512
+    # training crop (here 64), so GroupNorm pools over the padding as in training
     model.train()
     image = torch.randn(3, 37, 45)
-    boundary, displacement = infer_boundary_displacement(model, image)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    boundary, displacement = infer_boundary_displacement(model, image, crop_size=64)
+    hook.remove()
+    (batch,) = seen
+    assert batch.shape == (2, 3, 64, 64)
+    assert torch.equal(batch[0, :, :37, :45], image) and torch.equal(batch[1, :, :37, :45], image.flip(-1))
+    assert not batch[:, :, 37:].any() and not batch[:, :, :, 45:].any()
     assert boundary.shape == (10, 12) and displacement.shape == (2, 10, 12)
     assert torch.all((boundary >= 0) & (boundary <= 1))
     assert model.training                                              # mode restored
+    tighter, _ = infer_boundary_displacement(model, image, crop_size=48)
+    assert not torch.allclose(tighter, boundary, atol=1e-4)            # the padding reaches GroupNorm
     symmetric = torch.cat([image[:, :32, :16], image[:, :32, :16].flip(-1)], dim=-1)  # 32 x 32: no padding
-    boundary, _ = infer_boundary_displacement(model, symmetric)
+    boundary, _ = infer_boundary_displacement(model, symmetric, crop_size=32)
     assert torch.allclose(boundary, boundary.flip(-1), atol=1e-5)     # flip averaging is symmetric
 
 

@@ -167,11 +167,11 @@ def test_irn_training_resumes_to_the_same_weights(tiny_voc, tmp_path: Path, monk
 
 
 def _walk_mask(boundary: torch.Tensor, cam: np.ndarray, monkeypatch) -> np.ndarray:
-    monkeypatch.setattr(pm, "infer_boundary_displacement", lambda model, image: (boundary, None))
+    monkeypatch.setattr(pm, "infer_boundary_displacement", lambda model, image, crop_size: (boundary, None))
     h, w = boundary.shape
     record = CamRecord(keys=np.array([1]), cam=cam)
     cfg = PseudoMaskConfig(radius=3, exp_times=6, bg_threshold=0.25)
-    return pm.pseudo_mask(None, np.zeros((4 * h, 4 * w, 3), np.uint8), record, cfg, torch.device("cpu"))
+    return pm.pseudo_mask(None, np.zeros((4 * h, 4 * w, 3), np.uint8), record, cfg, torch.device("cpu"), 4 * h)
 
 
 def test_walk_spreads_without_boundaries_and_stops_at_a_wall(monkeypatch) -> None:

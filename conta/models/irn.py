@@ -122,22 +122,30 @@ class IRN(nn.Module):
         return boundary, displacement
 
 
-@torch.no_grad()
-def infer_boundary_displacement(model: IRN, image: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Boundary (h, w) in [0, 1] and displacement (2, h, w) (None without the branch) for one
-    normalised image (3, H, W).
+def inference_size(height: int, width: int, crop_size: int) -> tuple[int, int]:
+    """The padded input size of an H x W image: the training crop size where the side fits in it
+    (IRNet pads every image to its 512 crop, so GroupNorm pools over the padding as it did in
+    training), else the side rounded up to a multiple of 16 (images IRNet cannot take)."""
+    return tuple(-(-max(side, crop_size) // PAD_MULTIPLE) * PAD_MULTIPLE for side in (height, width))  # type: ignore[return-value]
 
-    h, w = ceil(H/4), ceil(W/4). The image and its mirror are zero-padded right/bottom to a
-    multiple of 16 (any size, unlike the reference's fixed 512 crop); the boundary averages the
-    two logits, the displacement comes from the unflipped pass only (it is not flip-symmetric).
-    Runs the model in eval mode and restores its previous mode.
+
+@torch.no_grad()
+def infer_boundary_displacement(model: IRN, image: Tensor, crop_size: int) -> tuple[Tensor, Tensor | None]:
+    """Boundary (h, w) in [0, 1] and displacement (2, h, w) (None without the branch) for one
+    normalised image (3, H, W), from an IRN trained on `crop_size` crops.
+
+    h, w = ceil(H/4), ceil(W/4). The image and its mirror are zero-padded right/bottom to
+    `inference_size`; the boundary averages the two logits, the displacement comes from the
+    unflipped pass only (it is not flip-symmetric). Runs the model in eval mode and restores
+    its previous mode.
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
     height, width = image.shape[-2:]
     h, w = -(-height // 4), -(-width // 4)
+    padded_h, padded_w = inference_size(height, width, crop_size)
     batch = torch.stack([image, image.flip(-1)])
-    batch = F.pad(batch, (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE))
+    batch = F.pad(batch, (0, padded_w - width, 0, padded_h - height))
     was_training = model.training
     model.eval()
     try:

@@ -95,7 +95,8 @@ def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
 
 
 @torch.no_grad()
-def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], device: torch.device) -> torch.Tensor:
+def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], device: torch.device,
+                      crop_size: int) -> torch.Tensor:
     """Mean raw displacement (dy, dx) over whole images in eval mode, which inference subtracts.
 
     Collective under torchrun: each rank sums over its shard of `ids`, the sums are added over ranks.
@@ -103,7 +104,7 @@ def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], dev
     model.displacement_mean.zero_()
     total = torch.zeros(2, dtype=torch.float64)
     for image_id in progress(shard(ids), desc="irn displacement mean"):
-        _, displacement = infer_boundary_displacement(model, image_tensor(dataset.image(image_id)).to(device))
+        _, displacement = infer_boundary_displacement(model, image_tensor(dataset.image(image_id)).to(device), crop_size)
         total += displacement.mean(dim=(1, 2)).double().cpu()
     return (torch.from_numpy(all_reduce_sum(total.numpy())) / max(len(ids), 1)).float()
 
@@ -169,7 +170,7 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     checkpoint = paths.irn / "checkpoint.pt"
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
     if model.displacement_head is not None:
-        model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device))
+        model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, cfg.irn.crop_size))
     if is_main():
         save_checkpoint(model_path, model=model.state_dict(), meta={
             "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,

@@ -41,13 +41,14 @@ STEPS = ("ir_label", "irn", "pseudo_mask")
 
 @torch.no_grad()
 def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMaskConfig,
-                device: torch.device) -> np.ndarray:
-    """H x W uint8 labels 0..C for one image: walk the strided CAMs, upsample, global-max
-    normalise, then argmax against a constant background score."""
+                device: torch.device, crop_size: int) -> np.ndarray:
+    """H x W uint8 labels 0..C for one image: walk the strided CAMs on the boundaries of the IRN
+    (trained on `crop_size` crops), upsample, global-max normalise, then argmax against a
+    constant background score."""
     size = image.shape[:2]
     if len(record.keys) == 0:
         return np.zeros(size, np.uint8)
-    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device))
+    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size)
     walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times)
     scores = upsample_cam(walked, size)
     scores = (scores / scores.max().clamp_min(1e-5)).cpu().numpy()
@@ -59,7 +60,7 @@ _walker: dict = {}  # what every job of this process shares: set once by _start_
 
 def _start_walker(cfg: Config, t: int) -> None:
     device = resolve_device(cfg.run.device)
-    _walker.update(model=load_irn(cfg, t, device), cfg=cfg.pseudo_mask, device=device)
+    _walker.update(model=load_irn(cfg, t, device), cfg=cfg.pseudo_mask, device=device, crop_size=cfg.irn.crop_size)
 
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
@@ -69,7 +70,8 @@ def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecor
 
 def _walk_one(job: tuple[Path, Path, Path]) -> None:
     image_path, cam_path, out_path = job
-    label = pseudo_mask(_walker["model"], *_walk_inputs(image_path, cam_path), _walker["cfg"], _walker["device"])
+    label = pseudo_mask(_walker["model"], *_walk_inputs(image_path, cam_path), _walker["cfg"], _walker["device"],
+                        _walker["crop_size"])
     save_label_png(out_path, label, voc_palette())
 
 
@@ -83,7 +85,7 @@ def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[s
     model = load_irn(cfg, t, device)
 
     def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
-        label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device)
+        label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device, cfg.irn.crop_size)
         return partial(save_label_png, paths.pseudo_mask / f"{image_id}.png", label, voc_palette())
 
     run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk, cfg.data.num_workers, "pseudo-masks")
