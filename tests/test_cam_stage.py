@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from torch import nn
 
 import conta.engine.loop as loop
@@ -152,11 +153,25 @@ def test_cli_train_infer_eval_show(tmp_path: Path, data_root: Path, capsys: pyte
     assert out.is_file() and out.stat().st_size > 0
 
 
+def test_scaled_inputs_are_pil_bicubic_on_uint8_then_normalised() -> None:
+    # IRNet's VOC12ClassificationDatasetMSF: pil_rescale(img, s, order=3) to round(H s) x round(W s)
+    # on the uint8 image (scale 1 untouched), then the ImageNet normalisation
+    image = np.random.default_rng(0).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    inputs = cam.scaled_inputs(image, [1.0, 0.5, 1.5])
+    assert [tuple(x.shape) for x in inputs] == [(3, 37, 50), (3, 18, 25), (3, 56, 75)]  # round(18.5) = 18
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for x, s in zip(inputs, [1.0, 0.5, 1.5]):
+        resized = image if s == 1 else np.asarray(Image.fromarray(image).resize(
+            (round(50 * s), round(37 * s)), Image.BICUBIC))
+        np.testing.assert_allclose(x.numpy().transpose(1, 2, 0), (resized / 255.0 - mean) / std, atol=1e-5)
+
+
 def test_high_res_switch_stores_the_direct_fusion_or_nothing() -> None:
     model = CamNet(resnet("resnet18", width=4), 3).eval()
-    x, keys, cpu = torch.randn(3, 37, 50), np.array([0, 2]), torch.device("cpu")
-    direct = cam.cam_arrays(model, x, keys, CamConfig(scales=[1.0, 0.5]), cpu)
-    upsampled = cam.cam_arrays(model, x, keys, CamConfig(scales=[1.0, 0.5], high_res="upsampled"), cpu)
+    x, keys, cpu = cam.scaled_inputs(np.zeros((37, 50, 3), np.uint8) + 90, [1.0, 0.5]), np.array([0, 2]), torch.device("cpu")
+    x[0][:, 5:20, 10:30] = 1.0
+    direct = cam.cam_arrays(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5]), cpu)
+    upsampled = cam.cam_arrays(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5], high_res="upsampled"), cpu)
     assert direct["high_res"].shape == (2, 37, 50) and direct["high_res"].dtype == np.float16
     assert set(upsampled) == {"keys", "cam"}
     np.testing.assert_array_equal(direct["cam"], upsampled["cam"])

@@ -1,9 +1,7 @@
 """Multi-scale + flip CAM inference and the CAM normalisation shared by every consumer (spec 2.6).
 
-Images are rescaled as tensors with bicubic, antialiased interpolation (align_corners=False): that
-is PIL's bicubic filter (a = -0.5, widened support when shrinking; equal to PIL's float result to
-~1e-6), so the reference's PIL resizing is matched without leaving the device. The reference
-resized the uint8 image before normalising; the difference is within uint8 rounding.
+The inputs are the image at each scale, already resized and normalised (the CAM stage does it as
+IRNet does: PIL bicubic on the uint8 image, then normalisation).
 
 Two fusions of the same per-scale maps, as in IRNet's make_cam: the stride-4 CAM (each scale's
 map resized to ceil(H/4) x ceil(W/4), summed, max-normalised), which the random walk reads, and
@@ -42,31 +40,22 @@ def strided_up_size(height: int, width: int, stride: int = 16) -> tuple[int, int
     return h * stride, w * stride
 
 
-def rescale_image(images: Tensor, scale: float) -> Tensor:
-    """(B, 3, H, W) resized to round(H*s) x round(W*s), PIL-bicubic style."""
-    h, w = images.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size == (h, w):
-        return images
-    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
-
-
 @torch.no_grad()
-def scale_cams(model: CamModel, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-               flip: bool = True, context: Tensor | None = None) -> list[Tensor]:
+def scale_cams(model: CamModel, images: Sequence[Tensor], flip: bool = True,
+               context: Tensor | None = None) -> list[Tensor]:
     """Each scale's (flip-fused) CAM, (C, h_s, w_s) float32, one forward per scale.
 
-    `image` is one normalised (3, H, W) tensor on the model's device; `context` its (1, hc, wc)
-    map, which is flipped with the image (the model resizes it to each scale itself). The image
-    and its flip are batched together, and the flip's map is flipped back and added.
+    `images` are one image's normalised (3, h_s, w_s) tensors, one per scale, on the model's
+    device; `context` its (1, hc, wc) map, which is flipped with the image (the model resizes it
+    to each scale itself). The image and its flip are batched together, and the flip's map is
+    flipped back and added.
     """
-    if not scales:
+    if not images:
         raise ValueError("multiscale CAMs need at least one scale")
-    x0 = image[None]
     m0 = context[None] if context is not None else None
     maps = []
-    for scale in scales:
-        x, m = rescale_image(x0, scale), m0
+    for image in images:
+        x, m = image[None], m0
         if flip:
             x = torch.cat([x, x.flip(-1)])
             m = torch.cat([m, m.flip(-1)]) if m is not None else None

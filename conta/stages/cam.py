@@ -36,7 +36,7 @@ from PIL import Image
 from conta.config import CamConfig, Config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX
-from conta.data.transforms import normalize, random_crop, random_hflip, resize, resize_long_side, to_chw
+from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, load_model_weights
 from conta.engine.device import resolve_device, seed_everything
@@ -248,27 +248,38 @@ def _map_path(paths: RoundPaths, image_id: str) -> Path:
     return paths.cam_maps / f"{image_id}.npz"
 
 
+def scaled_inputs(image: np.ndarray, scales: list[float]) -> list[torch.Tensor]:
+    """IRNet's multi-scale inputs: the uint8 image resized by PIL bicubic to round(H s) x round(W s)
+    (scale 1 untouched), then normalised, as normalised (3, h_s, w_s) tensors."""
+    return [torch.from_numpy(to_chw(normalize(rescale(image, s)))) for s in scales]
+
+
+CamInput = tuple[list[torch.Tensor], tuple[int, int], np.ndarray, np.ndarray | None]
+"""One image's (scaled_inputs, (H, W), tagged classes, context map or None)."""
+
+
 class CamInputs:
-    """One image's inference inputs, read in a DataLoader worker: the normalised (3, H, W) image,
+    """One image's inference inputs, read in a DataLoader worker: its `scaled_inputs`, its size,
     its tagged classes (0-based) and its context map (None without a provider)."""
 
-    def __init__(self, data: VOCLayoutDataset, provider: ContextProvider | None) -> None:
-        self.data, self.provider = data, provider
+    def __init__(self, data: VOCLayoutDataset, scales: list[float], provider: ContextProvider | None) -> None:
+        self.data, self.scales, self.provider = data, scales, provider
 
-    def __call__(self, image_id: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
-        x = torch.from_numpy(to_chw(normalize(self.data.image(image_id))))
+    def __call__(self, image_id: str) -> CamInput:
+        image = self.data.image(image_id)
         context = provided_map(self.provider, image_id) if self.provider is not None else None
-        return x, np.flatnonzero(self.data.tags(image_id)), context
+        return scaled_inputs(image, self.scales), image.shape[:2], np.flatnonzero(self.data.tags(image_id)), context
 
 
-def cam_arrays(model: CamNet, x: torch.Tensor, keys: np.ndarray, cam: CamConfig, device: torch.device,
-               context: np.ndarray | None = None, precision: Precision = Precision()) -> dict[str, np.ndarray]:
-    """One image's npz content from its normalised (3, H, W) tensor: multi-scale + flip CAMs of its
-    tagged classes, max-normalised (the network under `precision`'s autocast, the fusion in float32)."""
+def cam_arrays(model: CamNet, images: list[torch.Tensor], size: tuple[int, int], keys: np.ndarray, cam: CamConfig,
+               device: torch.device, context: np.ndarray | None = None,
+               precision: Precision = Precision()) -> dict[str, np.ndarray]:
+    """One H x W image's npz content from its `scaled_inputs`: multi-scale + flip CAMs of its tagged
+    classes, max-normalised (the network under `precision`'s autocast, the fusion in float32)."""
     m = torch.from_numpy(context)[None].to(device) if context is not None else None
     with precision.autocast():
-        maps = scale_cams(model, x.to(device, non_blocking=True), cam.scales, cam.flip, m)
-    strided, full = tagged_cams(maps, keys, tuple(x.shape[-2:]), high_res=cam.high_res == "direct")
+        maps = scale_cams(model, [x.to(device, non_blocking=True) for x in images], cam.flip, m)
+    strided, full = tagged_cams(maps, keys, tuple(size), high_res=cam.high_res == "direct")
     arrays = {"keys": keys.astype(np.int64), "cam": strided.cpu().numpy().astype(np.float16)}
     if full is not None:
         arrays["high_res"] = full.cpu().numpy().astype(np.float16)
@@ -305,11 +316,12 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
                          f"{'without' if model.context_at is None else 'with'} a context input; "
                          f"the context provider must match")
 
-    def infer_one(image_id: str, inputs: tuple[torch.Tensor, np.ndarray, np.ndarray | None]) -> WriteJob:
-        arrays = cam_arrays(model, inputs[0], inputs[1], cfg.cam, device, inputs[2], precision)
+    def infer_one(image_id: str, inputs: CamInput) -> WriteJob:
+        images, size, keys, context = inputs
+        arrays = cam_arrays(model, images, size, keys, cfg.cam, device, context, precision)
         return lambda: save_npz(_map_path(paths, image_id), **arrays)
 
-    seconds = run_inference(todo, CamInputs(data, context_provider), infer_one, cfg.data.num_workers,
+    seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one, cfg.data.num_workers,
                             f"cam maps r{t}", pin_memory=device.type == "cuda")
     log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({len(todo) / seconds:.1f} images/s"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
