@@ -24,8 +24,6 @@ from conta.errors import ConfigError, ContaError
 from conta.models.deeplab import MSC, deeplab_v2, deeplab_v3, v3_rates
 from conta.models.resnet import ARCHS
 
-OUTPUT_STRIDE = 8
-"""DeepLab v2's; logits files without a recorded stride are v2's."""
 KINDS = {"deeplabv2": "deeplab_v2", "deeplabv3": "deeplab_v3", "deeplabv3plus": "deeplab_v3plus"}
 """seg.model -> the kind its model files record. Files from before v3 existed are all deeplab_v2."""
 
@@ -89,28 +87,18 @@ def load_seg_model(path: str | Path, device: torch.device | str = "cpu") -> tupl
     return model.to(device).eval(), meta
 
 
-def padded_size(size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> tuple[int, int]:
-    """Right/bottom padding to a multiple of the output stride (the model's `output_stride`)."""
-    return tuple(-(-s // stride) * stride for s in size)  # type: ignore[return-value]
-
-
 @torch.no_grad()
 def predict_logits(model: MSC, image: np.ndarray, normalization: str, device: torch.device) -> torch.Tensor:
-    """Logits (C x h x w, float32, CPU) of the image padded to a multiple of the model's output
-    stride (v2: 8; logits at /8, v3: at /stride, v3+: at /4); MSC max fusion in eval."""
-    h, w = image.shape[:2]
-    hp, wp = padded_size((h, w), model.output_stride)
+    """Logits (C x h x w, float32, CPU) of the whole unpadded image, as deeplab-pytorch tests
+    (v2: at /8, v3: at /output_stride, v3+: at /4); MSC max fusion in eval."""
     x = torch.from_numpy(to_chw(normalize(image, normalization)))[None]
-    x = F.pad(x, (0, wp - w, 0, hp - h))  # zero = the mean colour after normalisation
     return model.eval()(x.to(device))[0].float().cpu()
 
 
-def logits_to_probs(logits: torch.Tensor | np.ndarray, size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> torch.Tensor:
-    """Upsample logits to the image padded for a model of output stride `stride`, crop to `size`
-    (H, W) and softmax."""
+def logits_to_probs(logits: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample logits straight to the image size (H, W) (bilinear, align_corners=False) and softmax."""
     logits = torch.as_tensor(logits, dtype=torch.float32)[None]
-    up = F.interpolate(logits, size=padded_size(size, stride), mode="bilinear", align_corners=False)
-    return up[0, :, : size[0], : size[1]].softmax(0)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0].softmax(0)
 
 
 class Predictor:
@@ -139,7 +127,7 @@ class Predictor:
         size = image.shape[:2]
         work = resize_long_side(image, self.seg.test_size, Image.BILINEAR) if resize else image
         logits = predict_logits(self.model, work, self.meta["normalization"], self.device)
-        probs = logits_to_probs(logits, work.shape[:2], self.model.output_stride)
+        probs = logits_to_probs(logits, work.shape[:2])
         if crf:
             from conta.ops.crf import crf_refine_probs
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import bilinear_1d
 from torch import Tensor, nn
 
 from conta.models.cam_net import CamNet
@@ -75,16 +76,6 @@ def test_strided_up_size_is_the_next_multiple_of_16(h: int, w: int, up: tuple[in
     assert strided_up_size(h, w) == up
 
 
-def _bilinear_1d(values: np.ndarray, out: int) -> np.ndarray:
-    """align_corners=False linear resampling, written out: source x = (j + 0.5) * n / out - 0.5,
-    clamped to the first and last sample."""
-    n = len(values)
-    x = np.clip((np.arange(out) + 0.5) * n / out - 0.5, 0, n - 1)
-    lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, n - 1)
-    return values[lo] * (1 - (x - lo)) + values[hi] * (x - lo)
-
-
 def test_full_resolution_cam_is_fused_at_the_stride_16_size_then_cropped() -> None:
     # IRNet's make_cam: every scale's map resized to 16 ceil(H/16) x 16 ceil(W/16), summed,
     # cropped to H x W, divided by its maximum + 1e-5 (a 1 x 37 image: fused at 16 x 48)
@@ -92,7 +83,7 @@ def test_full_resolution_cam_is_fused_at_the_stride_16_size_then_cropped() -> No
     maps = [torch.tensor(row_a, dtype=torch.float32).view(1, 1, 3).expand(1, 4, 3),
             torch.tensor(row_b, dtype=torch.float32).view(1, 1, 5).expand(1, 2, 5)]
     _, full = tagged_cams(maps, np.array([0]), (1, 37))
-    fused = (_bilinear_1d(row_a, 48) + _bilinear_1d(row_b, 48))[:37]
+    fused = (bilinear_1d(row_a, 48) + bilinear_1d(row_b, 48))[:37]
     np.testing.assert_allclose(full[0, 0].numpy(), fused / (fused.max() + 1e-5), atol=1e-6)
     # not the stride-4 CAM upsampled: that is resized to 4 ceil(W/4) = 40 columns first
     strided, _ = tagged_cams(maps, np.array([0]), (1, 37))

@@ -23,7 +23,7 @@ from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
 from conta.models.resnet import resnet
 from conta.models.deeplab import DeepLabV2, DeepLabV3
-from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta, padded_size
+from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta
 from conta.stages import seg
 from conta.stages.paths import round_paths
 
@@ -214,13 +214,12 @@ def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch
     assert np.isfinite(scores["miou"]) and 0 <= scores["miou"] <= 1
     assert load_json(paths.metrics)["seg_val"]["miou"] == scores["miou"]
     ids = seg.build_dataset(trained.data, "val").ids
-    hp, wp = padded_size((IMAGE_SIZE, IMAGE_SIZE))
     for image_id in ids:
         with Image.open(paths.seg_pred("val") / f"{image_id}.png") as png:
             assert png.mode == "P" and png.size == (IMAGE_SIZE, IMAGE_SIZE)
         saved = load_npz(paths.seg_logits("val") / f"{image_id}.npz")
         assert saved["logits"].dtype == np.float16
-        assert saved["logits"].shape == (N_CLASSES, hp // 8 + 1, wp // 8 + 1)
+        assert saved["logits"].shape == (N_CLASSES, IMAGE_SIZE // 8 + 1, IMAGE_SIZE // 8 + 1)
         assert tuple(saved["size"]) == (IMAGE_SIZE, IMAGE_SIZE)
     # a second call finds every output and loads no model
     monkeypatch.setattr(seg, "write_predictions", lambda *a, **k: pytest.fail("recomputed"))
@@ -256,8 +255,7 @@ def test_crf_snaps_a_blurred_prediction_to_the_colour_edge(tmp_path: Path) -> No
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a\nb\n")
     cfg = seg_config(tmp_path, "data.dataset=voc12", f"data.root={root}")
     # blurred logits: a soft ramp whose 50% point sits 6 pixels right of the true edge
-    hp, wp = padded_size(size)
-    xs = (np.arange(wp // 8 + 1) * 8.0)[None, :].repeat(hp // 8 + 1, 0)
+    xs = (np.arange(size[1] // 8 + 1) * 8.0)[None, :].repeat(size[0] // 8 + 1, 0)
     fg = (xs - 26.0) / 6.0
     logits = torch.from_numpy(np.stack([-fg, fg]).astype(np.float32))
     paths = round_paths(cfg, 0)
@@ -316,10 +314,9 @@ def test_v3plus_trains_tests_refines_and_predicts(trained_v3plus: Config) -> Non
 
     scores = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
     assert np.isfinite(scores["miou"])
-    hp, wp = padded_size((IMAGE_SIZE, IMAGE_SIZE), 16)
     for image_id in seg.build_dataset(cfg.data, "val").ids:
         logits = load_npz(paths.seg_logits("val") / f"{image_id}.npz")
-        assert logits["logits"].shape == (N_CLASSES, hp // 4, wp // 4) and int(logits["stride"]) == 16
+        assert logits["logits"].shape == (N_CLASSES, IMAGE_SIZE // 4, IMAGE_SIZE // 4)  # v3+ decodes at /4
     assert np.isfinite(seg.crf(cfg, 0, "val", workers=1, log=lambda s: None)["miou"])
     dataset = seg.build_dataset(cfg.data, "val")
     labels, _ = Predictor(cfg, paths.seg / "model.pt").predict(dataset.image(dataset.ids[0]))
@@ -334,7 +331,7 @@ def test_model_files_without_a_newer_kind_load_as_v2(tmp_path: Path) -> None:
                          "normalization", "class_names"} and meta["kind"] == "deeplab_v2"
     seg.save_seg_model(tmp_path / "old.pt", build_seg_model(meta), meta)
     assert isinstance(load_seg_model(tmp_path / "old.pt")[0].base, DeepLabV2)
-    # logits kept before the stride was recorded are v2's stride-8 logits
+    # logits files written before v3 existed still refine
     logits = torch.randn(2, 7, 7)
     np.savez(tmp_path / "old.npz", logits=logits.numpy().astype(np.float16), size=np.array([50, 52]))
     image = np.zeros((50, 52, 3), np.uint8)

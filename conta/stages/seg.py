@@ -14,8 +14,9 @@ BN is synchronised over the ranks (seg.sync_bn), and test / CRF shard the images
 rank 0 writes checkpoints, TensorBoard and metrics.
 
 Artifacts (round_<t>/seg/): checkpoint.pt, model.pt (+ meta), tb/, pred/<split>/<id>.png,
-pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 logits, the image size and the
-model's output stride, to which the image was padded).
+pred/<split>_crf/<id>.png, logits/<split>/<id>.npz (float16 logits + image size).
+
+Test as deeplab-pytorch: the whole unpadded image, logits upsampled straight to H x W.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.models.weights import load_backbone_weights
 from conta.progress import progress
-from conta.seg_predictor import (OUTPUT_STRIDE, build_seg_model, load_seg_model, logits_to_probs, model_meta,
+from conta.seg_predictor import (build_seg_model, load_seg_model, logits_to_probs, model_meta,
                                  predict_logits, save_seg_model, trains_bn)
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 
@@ -368,11 +369,9 @@ def default_model_path(cfg: Config, t: int) -> Path:
     return round_paths(cfg, t).seg / "model.pt"
 
 
-def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int], stride: int = OUTPUT_STRIDE) -> None:
-    """Logits of the padded image as float16, with the image size and the model's output stride
-    (the padding multiple) needed to undo the padding."""
-    save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64),
-             stride=np.asarray(stride, np.int64))
+def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None:
+    """Logits of the image as float16, with the image size they are upsampled to."""
+    save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64))
 
 
 def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], model_path: Path,
@@ -396,8 +395,8 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], mo
 
         def write() -> None:
             if logit_dir is not None:
-                save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2], model.output_stride)
-            labels = logits_to_probs(logits, image.shape[:2], model.output_stride).argmax(0).numpy().astype(np.uint8)
+                save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
+            labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
             save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
 
         return write
@@ -458,8 +457,7 @@ def _crf_job(job: tuple[Path, Path, Path, CrfConfig]) -> None:
     image_path, logit_path, out_path, crf_cfg = job
     image = load_rgb(image_path)
     saved = load_npz(logit_path)
-    stride = int(saved["stride"]) if "stride" in saved else OUTPUT_STRIDE  # files from before v3: v2's
-    probs = logits_to_probs(saved["logits"], tuple(int(s) for s in saved["size"]), stride)
+    probs = logits_to_probs(saved["logits"], tuple(int(s) for s in saved["size"]))
     if probs.shape[1:] != image.shape[:2]:
         raise DataError(logit_path, f"logits are for a {tuple(saved['size'])} image, {image_path} is {image.shape[:2]}")
     refined = crf_refine_probs(image, probs.numpy(), crf_cfg)
