@@ -207,6 +207,9 @@ class CrfConfig:
     bi_xy_std: float = 50.0
     bi_rgb_std: float = 5.0
     bi_w: float = 10.0
+    # the colours the bilateral term compares (conta.ops.crf.crf_colours): "rgb" as IRNet reads
+    # images, "bgr" as deeplab-pytorch's cv2 does, "bgr_mean_wrapped" its main.py crf exactly
+    image: Literal["rgb", "bgr", "bgr_mean_wrapped"] = "rgb"
 
     def validate(self, key: str) -> None:
         _positive(self, key, "iterations", "pos_xy_std", "bi_xy_std", "bi_rgb_std")
@@ -304,7 +307,8 @@ class SegConfig:
     save_every: int = 5000
     average_loss: int = 20
     crf: CrfConfig = field(
-        default_factory=lambda: CrfConfig(pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0)
+        default_factory=lambda: CrfConfig(pos_xy_std=1.0, pos_w=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_w=4.0,
+                                          image="bgr")
     )
 
     def validate(self, key: str) -> None:

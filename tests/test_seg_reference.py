@@ -27,3 +27,55 @@ def test_test_runs_the_unpadded_image_and_upsamples_straight_to_its_size(tmp_pat
     expected = np.exp(up - up.max(0)) / np.exp(up - up.max(0)).sum(0)
     np.testing.assert_allclose(probs.numpy(), expected, atol=1e-5)
 
+
+class _RecordingCrf:
+    """Stands in for pydensecrf's DenseCRF2D: records the bilateral image, returns the unary's softmax."""
+
+    images: list[np.ndarray] = []
+
+    def __init__(self, width: int, height: int, n_labels: int) -> None:
+        self.unary = None
+
+    def setUnaryEnergy(self, unary: np.ndarray) -> None:  # noqa: N802 (pydensecrf's names)
+        self.unary = unary
+
+    def addPairwiseGaussian(self, **_: float) -> None:  # noqa: N802
+        pass
+
+    def addPairwiseBilateral(self, rgbim: np.ndarray, **_: float) -> None:  # noqa: N802
+        assert rgbim.dtype == np.uint8 and rgbim.flags.c_contiguous and rgbim.flags.writeable
+        _RecordingCrf.images.append(rgbim.copy())
+
+    def inference(self, iterations: int) -> np.ndarray:
+        return np.exp(-self.unary) / np.exp(-self.unary).sum(0)
+
+
+def test_crf_compares_bgr_for_deeplab_and_rgb_for_the_seeds(monkeypatch) -> None:
+    # deeplab-pytorch reads images with cv2 (BGR); IRNet's seeds CRF gets imageio's RGB
+    from types import SimpleNamespace
+
+    from conta.config import load_config
+    from conta.ops import crf
+
+    monkeypatch.setattr(crf, "_backend", lambda: SimpleNamespace(DenseCRF2D=_RecordingCrf))
+    _RecordingCrf.images = []
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[..., 0], image[..., 2] = 200, 10                      # red-ish in RGB
+    image.setflags(write=False)                                 # as conta.io.load_rgb returns it
+    cfg = load_config(None)
+    crf.crf_refine_probs(image, np.full((2, 2, 3), 0.5, np.float32), cfg.seg.crf)
+    crf.crf_refine_labels(image, np.zeros((2, 3), np.int64), 2, cfg.ir_label.crf)
+    seg_image, seed_image = _RecordingCrf.images
+    assert cfg.seg.crf.image == "bgr" and cfg.ir_label.crf.image == "rgb"
+    assert (seg_image[..., 0] == 10).all() and (seg_image[..., 2] == 200).all()
+    np.testing.assert_array_equal(seed_image, image)
+
+
+def test_crf_image_of_deeplab_pytorch_main_wraps_the_mean_subtracted_bgr() -> None:
+    from conta.ops.crf import crf_colours
+
+    rgb = np.array([[[0, 0, 0], [200, 120, 110]]], np.uint8)
+    # BGR minus (104.008, 116.669, 122.675), truncated toward zero, modulo 256
+    wrapped = crf_colours(rgb, "bgr_mean_wrapped")
+    np.testing.assert_array_equal(wrapped, [[[152, 140, 134], [5, 3, 77]]])
+    np.testing.assert_array_equal(crf_colours(rgb, "bgr"), rgb[..., ::-1])

@@ -1,8 +1,11 @@
 """Dense CRF refinement through pydensecrf2 (the maintained build of pydensecrf), an optional extra.
 
 One wrapper serves both uses: seed labels (stage 2, label unaries) and DeepLab post-processing
-(softmax unaries). The image must be the raw uint8 RGB picture: the bilateral term compares
-colours, and the reference once fed it a mean-subtracted image whose negatives wrapped mod 256.
+(softmax unaries). Callers pass the raw uint8 RGB picture; `CrfConfig.image` says which colours
+the bilateral term then compares: the RGB image (IRNet), the BGR image as cv2 reads it
+(deeplab-pytorch; the permutohedral lattice is not symmetric in its feature order, so the
+order moves a few labels), or deeplab-pytorch main.py's exact input, the mean-subtracted BGR
+image cast to uint8, whose negative values wrap around modulo 256.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from conta.config import CrfConfig
+from conta.data.transforms import CAFFE_MEAN_BGR
 from conta.errors import ContaError
 
 PROB_FLOOR = 1e-5                    # keeps -log p finite where the softmax underflows to 0
@@ -45,6 +49,25 @@ def _check_image(image: np.ndarray, size: tuple[int, ...]) -> None:
         raise ValueError(f"CRF image is {image.shape[0]} x {image.shape[1]} but the labels/probabilities are {size[0]} x {size[1]}")
 
 
+def crf_colours(image: np.ndarray, kind: str) -> np.ndarray:
+    """The writable, contiguous uint8 image the bilateral term compares, from the raw RGB image.
+
+    "bgr_mean_wrapped" is deeplab-pytorch's `image.astype(np.uint8)` of the mean-subtracted BGR
+    float image: truncation toward zero, then the value modulo 256 (-5.3 -> 251).
+    """
+    if kind == "rgb":
+        colours = image
+    elif kind == "bgr":
+        colours = image[..., ::-1]
+    elif kind == "bgr_mean_wrapped":
+        shifted = image[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
+        colours = (np.trunc(shifted).astype(np.int64) % 256).astype(np.uint8)
+    else:
+        raise ValueError(f"unknown CRF image {kind!r}")
+    # pydensecrf takes a writable buffer; images read through PIL (conta.io.load_rgb) are read-only
+    return np.require(colours, requirements=["C", "W"])
+
+
 def _infer(image: np.ndarray, unary: np.ndarray, cfg: CrfConfig) -> np.ndarray:
     """Mean-field inference; `unary` is (n_labels, H*W) energies, returns (n_labels, H, W) marginals."""
     dcrf = _backend()
@@ -53,8 +76,7 @@ def _infer(image: np.ndarray, unary: np.ndarray, cfg: CrfConfig) -> np.ndarray:
     crf = dcrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=cfg.pos_xy_std, compat=cfg.pos_w)
-    # pydensecrf takes a writable buffer; images read through PIL (conta.io.load_rgb) are read-only
-    crf.addPairwiseBilateral(sxy=cfg.bi_xy_std, srgb=cfg.bi_rgb_std, rgbim=np.require(image, requirements=["C", "W"]), compat=cfg.bi_w)
+    crf.addPairwiseBilateral(sxy=cfg.bi_xy_std, srgb=cfg.bi_rgb_std, rgbim=crf_colours(image, cfg.image), compat=cfg.bi_w)
     marginals = crf.inference(cfg.iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(n_labels, height, width)
 
