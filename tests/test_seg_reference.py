@@ -79,3 +79,41 @@ def test_crf_image_of_deeplab_pytorch_main_wraps_the_mean_subtracted_bgr() -> No
     wrapped = crf_colours(rgb, "bgr_mean_wrapped")
     np.testing.assert_array_equal(wrapped, [[[152, 140, 134], [5, 3, 77]]])
     np.testing.assert_array_equal(crf_colours(rgb, "bgr"), rgb[..., ::-1])
+
+
+def _augmented(image: np.ndarray, label: np.ndarray, seed: int, **seg: object) -> tuple[np.ndarray, np.ndarray]:
+    from conta.config import SegConfig
+    from conta.stages.seg import augment
+
+    return augment(image, label, SegConfig(normalization="caffe", **seg), np.random.default_rng(seed))
+
+
+def test_scale_augmentation_truncates_the_size_and_pads_bottom_right() -> None:
+    # deeplab-pytorch: (int(h s), int(w s)); 375 x 1.25 = 468.75 -> 468 (rounding gives 469)
+    image = np.full((375, 10, 3), 100, np.uint8)
+    label = np.ones((375, 10), np.uint8)
+    for seed in range(4):
+        out, lab = _augmented(image, label, seed, scales=[1.25], crop_size=480)
+        assert (lab[:468] != 255).any(axis=1).all() and (lab[468:] == 255).all()
+        assert not out[468:].any()                                  # the padding is the mean colour
+        columns = np.flatnonzero((lab != 255).any(axis=0))          # 12 image columns, at either side
+        assert len(columns) == 12 and columns[0] in (0, 480 - 12) and np.ptp(columns) == 11
+
+
+def test_scale_augmentation_resizes_the_float_image_bilinearly_without_antialiasing() -> None:
+    # cv2.resize(float image, INTER_LINEAR) and PIL-nearest labels, then the mean subtraction (BGR)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, (40, 52), dtype=np.uint8)
+    from PIL import Image
+
+    expected = np.stack([bilinear_2d(image[..., c].astype(np.float64), (30, 39)) for c in range(3)], axis=-1)
+    expected = expected[..., ::-1] - np.array([104.008, 116.669, 122.675])
+    expected_label = np.asarray(Image.fromarray(label).resize((39, 30), Image.NEAREST))
+    for seed in range(4):
+        out, lab = _augmented(image, label, seed, scales=[0.75], crop_size=48)
+        if (lab[:, 0] == 255).all():                                # flipped: the padding came out on the left
+            out, lab = out[:, ::-1], lab[:, ::-1]
+        np.testing.assert_allclose(out[:30, :39], expected, atol=1e-3)
+        np.testing.assert_array_equal(lab[:30, :39], expected_label)
+        assert (lab[30:] == 255).all() and (lab[:, 39:] == 255).all()

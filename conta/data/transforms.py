@@ -7,7 +7,11 @@ choice takes an explicit `numpy.random.Generator`, so a sample's augmentation is
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conta.data.palette import IGNORE_INDEX
@@ -27,6 +31,17 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: int = Image.BICUB
     if image.shape[:2] == (h, w):
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), resample=resample))
+
+
+def resize_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a float32 H x W x C image to (height, width) by plain bilinear interpolation
+    (align_corners=False, no antialiasing when shrinking): cv2's INTER_LINEAR on float images,
+    which deeplab-pytorch's scale augmentation uses."""
+    if image.shape[:2] == tuple(size):
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def rescale(image: np.ndarray, scale: float, resample: int = Image.BICUBIC) -> np.ndarray:
@@ -66,15 +81,17 @@ def random_crop(
     rng: np.random.Generator,
     image_fill: float = 0.0,
     label_fill: int = IGNORE_INDEX,
+    pad_at: Literal["random", "end"] = "random",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Crop a size x size window; sides shorter than `size` are pasted at a random offset into a
-    filled container (0 after normalisation is the mean colour; labels get the ignore value)."""
+    """Crop a size x size window; sides shorter than `size` go into a filled container (0 after
+    normalisation is the mean colour; labels get the ignore value), at a random offset (IRNet's
+    random_crop) or at its start, i.e. padded bottom/right (deeplab-pytorch's pad, then crop)."""
     h, w = image.shape[:2]
     ch, cw = min(h, size), min(w, size)
     top = int(rng.integers(0, h - ch + 1))
     left = int(rng.integers(0, w - cw + 1))
-    off_y = int(rng.integers(0, size - ch + 1))
-    off_x = int(rng.integers(0, size - cw + 1))
+    off_y = int(rng.integers(0, size - ch + 1)) if pad_at == "random" else 0
+    off_x = int(rng.integers(0, size - cw + 1)) if pad_at == "random" else 0
     out = np.full((size, size) + image.shape[2:], image_fill, dtype=image.dtype)
     out[off_y : off_y + ch, off_x : off_x + cw] = image[top : top + ch, left : left + cw]
     if label is None:

@@ -1,8 +1,8 @@
 """Stage 5: DeepLab trained on the round's pseudo-masks, then test and dense-CRF post-processing.
 
-DeepLab v2 (the default) follows deeplab-pytorch as CONTA ran it (spec 7): discrete scale
-augmentation, 321 crops, MSC loss summed over the four outputs, iter_size accumulation, SGD with
-1x/10x/20x groups and a poly lr refreshed every 10 iterations, frozen BN. What changes (spec 9):
+DeepLab v2 (the default) follows deeplab-pytorch as CONTA ran it: its scale augmentation
+(`augment`), 321 crops, MSC loss summed over the four outputs, iter_size accumulation, SGD with
+1x/10x/20x groups and a poly lr refreshed every 10 iterations, frozen BN. What changes:
 whole-state checkpoints with exact resume (the data stream is a function of (seed, sample
 number), not of a shuffling iterator), strict weight loading, NaN detection, and the CRF sees the
 raw image. DeepLab v3/v3+ (seg.model, docs/segmentation.md) train at one scale with trainable BN,
@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from conta.config import Config, CrfConfig, SegConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
-from conta.data.transforms import denormalize, normalize, random_crop, random_hflip, rescale, sample_rng, to_chw
+from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
+                                   sample_rng, to_chw)
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
@@ -86,12 +87,22 @@ class SegTrainStream(Dataset):
         image_id, rng = self.locate(k)
         image = self.dataset.image(image_id)
         label = read_label(self.label_dir / f"{image_id}.png", image.shape[:2], self.dataset.n_classes)
-        scale = float(rng.choice(self.seg.scales))
-        image = normalize(rescale(image, scale, Image.BILINEAR), self.seg.normalization)
-        label = rescale(label, scale, Image.NEAREST)
-        image, label = random_crop(image, label, self.seg.crop_size, rng)  # pads with the mean / ignore
-        image, label = random_hflip(image, label, rng)
+        image, label = augment(image, label, self.seg, rng)
         return torch.from_numpy(to_chw(image)), torch.from_numpy(label.astype(np.int64))
+
+
+def augment(image: np.ndarray, label: np.ndarray, seg: SegConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """deeplab-pytorch's training augmentation of a uint8 image and its labels: a scale s drawn
+    from seg.scales, int(H s) x int(W s) (the float image bilinear without antialiasing, the
+    labels PIL nearest), padding bottom/right to the crop (the mean colour / 255), a random
+    seg.crop_size crop, a horizontal flip with p = 0.5, then the normalisation."""
+    scale = float(rng.choice(seg.scales))
+    size = (int(image.shape[0] * scale), int(image.shape[1] * scale))
+    image = normalize(resize_linear(image.astype(np.float32), size), seg.normalization)
+    label = resize(label, size, Image.NEAREST)
+    image, label = random_crop(image, label, seg.crop_size, rng, pad_at="end")  # 0 = the mean after normalize
+    return random_hflip(image, label, rng)
 
 
 def read_label(path: Path, size: tuple[int, int], n_classes: int) -> np.ndarray:
