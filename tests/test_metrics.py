@@ -46,7 +46,7 @@ def test_scores_of_the_hand_example() -> None:
     assert s["pixel_acc"] == pytest.approx(4 / 7)      # the missed pixel is in the denominator
     assert s["mean_acc"] == pytest.approx((2 / 3 + 2 / 4) / 2)
     assert s["fwiou"] == pytest.approx(3 / 7 * 0.5 + 4 / 7 * 0.4)
-    assert all(isinstance(v, float) for k, v in s.items() if k != "per_class")
+    assert all(isinstance(v, float) for k, v in s.items() if k not in ("per_class", "miou_over"))
 
 
 def test_class_only_predicted_counts_as_zero_iou() -> None:
@@ -56,6 +56,25 @@ def test_class_only_predicted_counts_as_zero_iou() -> None:
     assert s["miou"] == pytest.approx(0.25)
     assert s["mean_acc"] == pytest.approx(0.5)         # accuracy only over classes in GT
     assert s["fwiou"] == pytest.approx(0.5)
+
+
+def test_both_references_means_on_a_false_class() -> None:
+    # cat right on 2 of its 3 pixels; dog predicted on one background pixel but absent from GT
+    gt, pred = np.array([[0, 0, 1, 1, 1]]), np.array([[0, 2, 1, 1, 0]])
+    names = ["background", "cat", "dog"]
+    iou = {"background": 1 / 3, "cat": 2 / 3, "dog": 0.0}
+    irnet, deeplab = scored(pred, gt, names), ConfusionMatrix(names)
+    deeplab.update(pred, gt)
+    deeplab = deeplab.scores("gt")
+    for s in (irnet, deeplab):
+        assert s["per_class"] == pytest.approx(iou)
+        assert s["miou_gt_or_pred"] == pytest.approx(1 / 3)   # chainercv / IRNet: nanmean over all
+        assert s["miou_gt"] == pytest.approx(1 / 2)           # deeplab-pytorch: classes with GT pixels
+    assert (irnet["miou_over"], irnet["miou"]) == ("gt_or_pred", irnet["miou_gt_or_pred"])
+    assert (deeplab["miou_over"], deeplab["miou"]) == ("gt", deeplab["miou_gt"])
+    table = format_table(deeplab).splitlines()
+    assert "50.00" in table[-3] and "classes in the ground truth (deeplab-pytorch)" in table[-3]
+    assert "33.33" in table[-2] and "or the prediction" in table[-2]
 
 
 def test_prediction_255_is_a_miss_not_a_skip() -> None:

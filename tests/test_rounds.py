@@ -63,6 +63,11 @@ def test_conta_round_uses_the_confounder_set_and_reports(conta_run):
         assert all(0.0 <= v <= 1.0 for v in headline(m))
     report = (cfg.run_dir / "report.md").read_text()
     assert "| 0 |" in report and "| 1 |" in report
+    # each stage's mIoU follows its reference's definition, and the report says which
+    m = metrics(cfg, 0)
+    assert [m[s]["miou_over"] for s in ("cam", "pseudo_mask", "seg_val")] == ["gt_or_pred", "gt_or_pred", "gt"]
+    assert m["seg_val"]["miou"] == m["seg_val"]["miou_gt"]
+    assert "classes in the ground truth (deeplab-pytorch) for `seg_val`" in report
     if cfg.seg.crf.enabled:  # seg.crf.enabled: every round also scores the CRF-refined predictions
         assert all(0.0 <= metrics(cfg, t)[f"seg_{s}_crf"]["miou"] <= 1.0 for t in (0, 1) for s in cfg.data.val_splits)
         assert "seg_val_crf" in report

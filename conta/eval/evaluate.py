@@ -10,14 +10,15 @@ import numpy as np
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.distributed import all_reduce_sum, shard
 from conta.errors import DataError
-from conta.eval.metrics import ConfusionMatrix
+from conta.eval.metrics import IRNET, ConfusionMatrix, MiouOver
 from conta.io import load_label_png
 
 
 def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
                       predict: Callable[[str], np.ndarray],
-                      pred_path: Callable[[str], Path] | None = None) -> dict:
-    """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask.
+                      pred_path: Callable[[str], Path] | None = None, miou_over: MiouOver = IRNET) -> dict:
+    """Accumulate a confusion matrix of `predict(id)` against each id's ground-truth mask; the
+    scores' `miou` is the mean over `miou_over` (both means are in them).
 
     Collective under torchrun: each rank scores its shard of `ids` and the counts are summed over
     ranks (never the mIoUs averaged), so every rank must call it and all get the same scores.
@@ -36,7 +37,7 @@ def score_predictions(dataset: VOCLayoutDataset, ids: Iterable[str],
         except ValueError as exc:  # a bad predicted value: the user's file, not a traceback
             raise DataError(where, f"prediction for {image_id}: {exc}") from None
     cm.counts = all_reduce_sum(cm.counts)
-    return cm.scores()
+    return cm.scores(miou_over)
 
 
 def evaluate_folder(pred_dir: str | Path, dataset: VOCLayoutDataset) -> dict:

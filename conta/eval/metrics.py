@@ -3,16 +3,29 @@
 Rows are ground truth, columns predictions. Pixels whose ground truth is the ignore value (255)
 are skipped. A prediction of 255 ("no label") counts as a miss for its ground-truth class. IoU of a
 class is TP / (TP + FP + FN); classes that appear in neither ground truth nor prediction have an
-undefined IoU and are left out of the mean, as in the VOC development kit.
+undefined IoU.
+
+The references average the IoUs over different classes, and both means are always computed:
+"gt_or_pred" over the classes in the ground truth or the prediction (IRNet's evaluations,
+chainercv), where a class predicted but absent counts with IoU 0, and "gt" over the classes in
+the ground truth (deeplab-pytorch's scores). `miou` is the one the caller asks for, named by
+`miou_over`: each stage asks for its reference's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 from conta.data.palette import IGNORE_INDEX
+
+MiouOver = Literal["gt_or_pred", "gt"]
+IRNET: MiouOver = "gt_or_pred"      # CAMs, seeds, pseudo-masks (IRNet, chainercv)
+DEEPLAB: MiouOver = "gt"            # the segmenter (deeplab-pytorch)
+MIOU_OVER = {"gt_or_pred": "classes in the ground truth or the prediction (IRNet, chainercv)",
+             "gt": "classes in the ground truth (deeplab-pytorch)"}
 
 
 class ConfusionMatrix:
@@ -54,8 +67,9 @@ class ConfusionMatrix:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
-    def scores(self) -> dict:
-        """pixel_acc, mean_acc, miou, fwiou and per_class IoU (by name), as plain floats."""
+    def scores(self, miou_over: MiouOver = IRNET) -> dict:
+        """pixel_acc, mean_acc, both mean IoUs, fwiou and per_class IoU (by name), as plain
+        floats; `miou` repeats the mean named by `miou_over`."""
         tp = np.diag(self.counts[:, : self.n]).astype(np.float64)
         gt_total = self.counts.sum(axis=1).astype(np.float64)
         total = gt_total.sum()
@@ -64,8 +78,12 @@ class ConfusionMatrix:
             acc = np.where(gt_total > 0, tp / np.maximum(gt_total, 1), np.nan)
         freq = gt_total / total if total > 0 else np.zeros_like(gt_total)
         present = gt_total > 0
+        means = {"gt_or_pred": _nanmean(iou), "gt": _nanmean(iou[present])}
         return {
-            "miou": _nanmean(iou),
+            "miou": means[miou_over],
+            "miou_over": miou_over,
+            "miou_gt_or_pred": means["gt_or_pred"],
+            "miou_gt": means["gt"],
             "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
             "mean_acc": _nanmean(acc),
             "fwiou": float(np.nansum(freq[present] * iou[present])),
@@ -79,7 +97,9 @@ def format_table(scores: dict, title: str = "") -> str:
     lines = [title] if title else []
     for name, value in scores["per_class"].items():
         lines.append(f"  {name:<{width}} {_pct(value)}")
-    lines.append(f"  {'mIoU':<{width}} {_pct(scores['miou'])}")
+    over = scores["miou_over"]
+    for name in (over, *(k for k in MIOU_OVER if k != over)):
+        lines.append(f"  {'mIoU':<{width}} {_pct(scores[f'miou_{name}'])}  over {MIOU_OVER[name]}")
     lines.append(
         f"  pixel acc {_pct(scores['pixel_acc'])}  mean acc {_pct(scores['mean_acc'])}  "
         f"fwIoU {_pct(scores['fwiou'])}"

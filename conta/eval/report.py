@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from conta.config import Config
+from conta.eval.metrics import MIOU_OVER
 from conta.io import atomic_path, load_npz, save_text
 from conta.stages.paths import read_metrics, round_paths
 
@@ -41,6 +42,22 @@ def round_rows(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def miou_definitions(cfg: Config) -> list[str]:
+    """Which classes each column's mIoU averages over, as round 0's metrics.json records it."""
+    metrics = read_metrics(round_paths(cfg, 0).metrics)
+    sections = ["cam", "pseudo_mask"] + [f"seg_{s}{crf}" for s in cfg.data.val_splits for crf in ("", "_crf")]
+    columns: dict[str, list[str]] = {}
+    for section in sections:
+        over = metrics.get(section, {}).get("miou_over")
+        if over in MIOU_OVER:
+            columns.setdefault(over, []).append(f"`{section}`")
+    if not columns:
+        return []
+    return ["mIoU averages over the " + "; over the ".join(
+        f"{MIOU_OVER[over]} for {', '.join(names)}" for over, names in columns.items())
+        + " (metrics.json holds both means: `miou_gt_or_pred`, `miou_gt`).\n"]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no finished round)\n"
@@ -64,6 +81,7 @@ def write_report(runs: list[Config]) -> Path:
              f"{'with and without' if main.seg.crf.enabled else 'without'} CRF (`seg.crf.enabled`), initialisation "
              f"`{main.seg.pretrained or 'random'}`. All numbers are mIoU in percent; leakage is the share of a "
              "class's CAM mass on its partner object or context (lower is better).\n"]
+    parts += miou_definitions(main)
     series = {}
     for cfg in runs:
         rows = round_rows(cfg)

@@ -46,7 +46,7 @@ from conta.engine.loop import EpochAugmented, EpochTraining, ValidateFn, steps_p
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
-from conta.eval.metrics import ConfusionMatrix, average_precision, format_table
+from conta.eval.metrics import IRNET, ConfusionMatrix, average_precision, format_table
 from conta.io import atomic_path, save_npz, save_rgb
 from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics
 from conta.models.resnet import resnet
@@ -423,13 +423,13 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
         for probe in probes:
             probe.update(keys.tolist(), cams, gt)
     _sum_over_ranks([*sweep.values(), all_background, tag_fill], probes)
-    scores = sweep[cfg.cam.eval_threshold].scores()
-    curve = [{"threshold": thr, "miou": cm.scores()["miou"]} for thr, cm in sweep.items()]
+    scores = sweep[cfg.cam.eval_threshold].scores(IRNET)
+    curve = [{"threshold": thr, "miou": cm.scores(IRNET)["miou"]} for thr, cm in sweep.items()]
     best_point = max(curve, key=lambda p: p["miou"])
     result = {
         "split": cfg.data.eval_split, "images": len(data), "threshold": cfg.cam.eval_threshold, **scores,
         "sweep": curve, "best_threshold": best_point["threshold"], "best_miou": best_point["miou"],
-        "baselines": {"all_background": all_background.scores()["miou"], "tag_fill": tag_fill.scores()["miou"]},
+        "baselines": {"all_background": all_background.scores(IRNET)["miou"], "tag_fill": tag_fill.scores(IRNET)["miou"]},
         "leakage": {p.name: p.result() for p in probes},
     }
     if is_main():

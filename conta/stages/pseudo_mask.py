@@ -26,7 +26,7 @@ from conta.engine.inference import WriteJob, describe_todo, pending, run_inferen
 from conta.engine.parallel import run_parallel
 from conta.errors import ConfigError
 from conta.eval.evaluate import score_predictions
-from conta.eval.metrics import format_table
+from conta.eval.metrics import IRNET, format_table
 from conta.io import load_label_png, load_rgb, save_label_png
 from conta.models.irn import IRN, infer_boundary_displacement
 from conta.ops.cam_fusion import upsample_cam
@@ -116,7 +116,8 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     eval_set, ids = finish_and_find_scored(cfg, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
     if not ids:
         return {}
-    scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"))
+    scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"),
+                               miou_over=IRNET)
     scores["images"] = len(ids)
     if is_main():
         update_metrics(paths.metrics, "pseudo_mask", scores)

@@ -50,7 +50,7 @@ from conta.engine.schedule import PolySchedule
 from conta.engine.sync_bn import convert_sync_batchnorm
 from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
-from conta.eval.metrics import format_table
+from conta.eval.metrics import DEEPLAB, format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
 from conta.models.convert import LOADABLE
 from conta.models.cam_net import calibrate_bn_statistics
@@ -479,7 +479,8 @@ def _score(paths: RoundPaths, dataset: VOCLayoutDataset, pred_dir: Path, section
     if not dataset.has_masks:
         log(f"{section}: no ground truth for split {dataset.split}; predictions in {pred_dir}")
         return {}
-    scores = score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"))
+    scores = score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"),
+                               miou_over=DEEPLAB)
     log(format_table(scores, f"{section} ({paths.root.name}, {len(dataset)} images)"))
     if is_main():
         update_metrics(paths.metrics, section, scores)
