@@ -157,6 +157,13 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), overrides)
 
 
+def _round_config(args: argparse.Namespace, cfg: Config) -> Config:
+    """The config `conta run` gives round --round: its seed is run.seed + t (conta.vary_seed)."""
+    from conta.stages.rounds import round_config
+
+    return round_config(cfg, args.round)
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -220,7 +227,7 @@ def _pseudo_mask_args(p: argparse.ArgumentParser) -> None:
 def _cmd_pseudo_mask(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.pseudo_mask import parse_steps, run_pseudo_mask_stages
 
-    run_pseudo_mask_stages(cfg, args.round, parse_steps(args.steps))
+    run_pseudo_mask_stages(_round_config(args, cfg), args.round, parse_steps(args.steps))
     return 0
 
 
@@ -239,9 +246,9 @@ def _add_cam_commands(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_cam(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import cam
-    from conta.stages.rounds import context_for_round, round_config
+    from conta.stages.rounds import context_for_round
 
-    rcfg = round_config(cfg, args.round)
+    rcfg = _round_config(args, cfg)
     if args.cam_step == "eval":
         cam.evaluate(rcfg, args.round)
         return 0
@@ -450,21 +457,21 @@ def _split(args: argparse.Namespace, cfg: Config) -> str:
 def _cmd_seg_train(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.train(cfg, args.round, label_dir=args.label_dir)
+    seg.train(_round_config(args, cfg), args.round, label_dir=args.label_dir)
     return 0
 
 
 def _cmd_seg_test(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.test(cfg, args.round, _split(args, cfg), args.model_path, keep_logits=args.keep_logits)
+    seg.test(_round_config(args, cfg), args.round, _split(args, cfg), args.model_path, keep_logits=args.keep_logits)
     return 0
 
 
 def _cmd_seg_crf(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.crf(cfg, args.round, _split(args, cfg), args.model_path, workers=args.workers)
+    seg.crf(_round_config(args, cfg), args.round, _split(args, cfg), args.model_path, workers=args.workers)
     return 0
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conta.config import Config, load_config
+from conta.config import Config, load_config, replace
 from conta.errors import ContaError
 from conta.ops.crf import crf_available
 from conta.stages.paths import round_paths
@@ -73,6 +74,30 @@ def test_conta_round_uses_the_confounder_set_and_reports(conta_run):
         assert "seg_val_crf" in report
     assert (cfg.run_dir / "report.png").is_file()
     assert (cfg.run_dir / "config.yaml").is_file()
+
+
+def test_single_stage_commands_of_round_1_repeat_conta_run(conta_run, tmp_path):
+    """`conta cam train --round 1` and the other stage commands seed round 1 as `conta run` does
+    (run.seed + 1), so from the same round 0 they write the same round 1."""
+    from conta.cli import main
+
+    run_dir = tmp_path / "stages"
+    shutil.copytree(round_paths(conta_run, 0).root, run_dir / "round_0")
+    common = ["--run-dir", str(run_dir), "--round", "1"]
+    overrides = [f"data.root={conta_run.data.root}", *TINY, f"seg.crf.enabled={str(conta_run.seg.crf.enabled).lower()}"]
+    for command in (["cam", "train"], ["cam", "infer"], ["cam", "eval"], ["pseudo-mask"], ["seg", "train"],
+                    ["seg", "test", "--split", "val"]):
+        assert main([*command, *common, *overrides]) == 0, command
+    stages = replace(conta_run, [f"run.out_dir={tmp_path}", "run.name=stages"])
+    ours, theirs = round_paths(stages, 1), round_paths(conta_run, 1)
+    for model in (ours.cam / "model.pt", ours.irn / "model.pt", ours.seg / "model.pt"):
+        mine, run = (torch.load(p, weights_only=True)["model"] for p in (model, theirs.root / model.relative_to(ours.root)))
+        assert mine.keys() == run.keys() and all(torch.equal(mine[k], run[k]) for k in mine), model
+    masks = sorted(p.name for p in theirs.pseudo_mask.glob("*.png"))
+    assert masks and masks == sorted(p.name for p in ours.pseudo_mask.glob("*.png"))
+    assert all((ours.pseudo_mask / n).read_bytes() == (theirs.pseudo_mask / n).read_bytes() for n in masks)
+    assert [metrics(stages, 1)[s] for s in ("cam", "pseudo_mask", "seg_val")] == \
+           [metrics(conta_run, 1)[s] for s in ("cam", "pseudo_mask", "seg_val")]
 
 
 def test_rerun_resumes_and_recomputes_only_what_is_missing(conta_run):
