@@ -17,11 +17,13 @@ import torch
 from conta.progress import progress
 
 Job = TypeVar("Job")
+Result = TypeVar("Result")
 
 
-def run_parallel(fn: Callable[[Job], None], jobs: list[Job], workers: int, desc: str,
-                 setup: Callable[..., None] | None = None, setup_args: tuple = ()) -> None:
-    """`fn(job)` for every job: here for one worker, else in a pool of single-threaded processes.
+def run_parallel(fn: Callable[[Job], Result], jobs: list[Job], workers: int, desc: str,
+                 setup: Callable[..., None] | None = None, setup_args: tuple = ()) -> list[Result]:
+    """`fn(job)` for every job: here for one worker, else in a pool of single-threaded processes;
+    returns the results in the order of `jobs`.
 
     `setup(*setup_args)` runs once per process before its jobs (in this process for one worker):
     the place to load what all jobs share, e.g. a model. `fn`, `setup` and the jobs must be
@@ -29,19 +31,16 @@ def run_parallel(fn: Callable[[Job], None], jobs: list[Job], workers: int, desc:
     queued jobs are dropped.
     """
     if not jobs:
-        return
+        return []
     if workers <= 1 or len(jobs) == 1:
         if setup is not None:
             setup(*setup_args)
-        for job in progress(jobs, desc=desc):
-            fn(job)
-        return
+        return [fn(job) for job in progress(jobs, desc=desc)]
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_process, initargs=(setup, setup_args))
     try:
         done = pool.map(fn, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
-        for _ in progress(done, total=len(jobs), desc=desc):
-            pass
+        return list(progress(done, total=len(jobs), desc=desc))
     finally:
         pool.shutdown(cancel_futures=True)
 
