@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config
+from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config, untrained_model
 from PIL import Image
 
 from conta.config import Config, load_config, replace
 from conta.data.palette import IGNORE_INDEX
+from conta.data.voc import VOC_CLASSES
 from conta.engine.sync_bn import GlooSyncBatchNorm
 from conta.errors import ConfigError, ContaError
 from conta.eval.metrics import ConfusionMatrix
@@ -26,6 +27,7 @@ from conta.models.deeplab import DeepLabV2, DeepLabV3
 from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta, padded_size
 from conta.stages import seg
 from conta.stages.paths import round_paths
+from conta.stages.provenance import claim, model_identity
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +162,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
     b = torch.load(round_paths(resumed, 0).seg / "model.pt", weights_only=True)["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+    # the last checkpoints agree too, down to the RNG state a further resume would restore
+    a = torch.load(round_paths(straight, 0).seg / "checkpoint.pt", weights_only=True)
+    b = torch.load(round_paths(resumed, 0).seg / "checkpoint.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 6
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
 def test_tensorboard_events_hold_loss_lr_and_image(trained: Config) -> None:
@@ -261,6 +268,9 @@ def test_crf_snaps_a_blurred_prediction_to_the_colour_edge(tmp_path: Path) -> No
     fg = (xs - 26.0) / 6.0
     logits = torch.from_numpy(np.stack([-fg, fg]).astype(np.float32))
     paths = round_paths(cfg, 0)
+    # the logits stand for those of the round's model: the folder records that model file
+    model = untrained_model(cfg, paths.seg / "model.pt", list(VOC_CLASSES))
+    claim(paths.seg_logits("val"), model_identity(model), log=lambda s: None)
     for image_id in ("a", "b"):
         seg.save_logits(paths.seg_logits("val") / f"{image_id}.npz", logits, size)
     before = ConfusionMatrix(["background", "thing"])
