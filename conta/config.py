@@ -448,7 +448,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     set_by = {_apply_override(raw, item): item for item in overrides}
@@ -460,6 +460,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         where = f"command-line override {item}" if item is not None else source
         raise ConfigError(f"{where}: {exc}", key=exc.key) from None
     return cfg
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's many-line message as one line: where, and what."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def _override_of(key: str | None, set_by: dict[str, str]) -> str | None:

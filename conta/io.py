@@ -71,6 +71,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+    except FileExistsError:  # from mkdir: the folder to write in is a file
+        raise WriteError(path, f"cannot write: {path.parent} is a file, not a folder") from None
     except OSError as exc:
         raise write_error(path, exc) from None
     try:

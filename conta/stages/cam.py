@@ -76,6 +76,9 @@ def cam_meta(cam: CamConfig, data: VOCLayoutDataset, context_at: ContextAt | Non
             "context_module": type(context_module).__name__ if context_module is not None else None}
 
 
+CAM_META_KEYS = frozenset({"arch", "width", "strides", "dilations", "n_classes", "context_at", "context_module"})
+
+
 def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
                   pretrained: str | None = None, log: Log = print) -> CamNet:
     """The network `meta` describes (arch, width, strides, dilations, n_classes, context_at);
@@ -94,7 +97,11 @@ def save_cam_net(path: Path, model: CamNet, meta: dict) -> None:
 def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> CamNet:
     """Rebuild a trained classifier from model.pt; a context module must be passed again (same
     structure) because only its weights are stored."""
-    meta = load_checkpoint(path)["meta"]
+    state = load_checkpoint(path)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or not CAM_META_KEYS <= set(meta):
+        raise ContaError(f"{path}: not a conta CAM classifier (a model.pt of `conta cam train`); "
+                         "is it another stage's model?")
     if (meta["context_module"] is None) != (context_module is None):
         raise ContaError(f"{path}: trained with context module {meta['context_module']!r}, "
                          f"given {type(context_module).__name__ if context_module is not None else None!r}")
