@@ -231,6 +231,7 @@ def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch
         assert tuple(saved["size"]) == (IMAGE_SIZE, IMAGE_SIZE)
     # a second call finds every output and loads no model
     monkeypatch.setattr(seg, "write_predictions", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(seg, "load_seg_model", lambda *a, **k: pytest.fail("loaded"))
     assert seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)["miou"] == scores["miou"]
 
 
@@ -246,6 +247,40 @@ def test_test_on_images_without_ground_truth(trained: Config, tmp_path: Path) ->
         labels = load_label_png(round_paths(other, 0).seg_pred("val") / f"{image_id}.png")
         assert labels.shape == (IMAGE_SIZE, IMAGE_SIZE) and labels.max() < N_CLASSES
     assert not round_paths(other, 0).metrics.exists()
+
+
+def test_test_with_another_model_recomputes_and_a_bad_model_path_fails(trained: Config, tmp_path: Path) -> None:
+    cfg = replace(trained, [f"run.out_dir={tmp_path / 'runs'}"])
+    shutil.copytree(trained.run_dir, cfg.run_dir)
+    pred, logits = round_paths(cfg, 0).seg_pred("val"), round_paths(cfg, 0).seg_logits("val")
+    dataset = seg.build_dataset(cfg.data, "val")
+    first = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
+    own = {p.name: p.read_bytes() for p in pred.glob("*.png")}
+    assert len(own) == len(dataset)
+
+    other = untrained_model(cfg, tmp_path / "other.pt", dataset.class_names)
+    messages: list[str] = []
+    second = seg.test(cfg, 0, "val", model_path=other, keep_logits=True, log=messages.append)
+    assert any(f"{len(dataset)} outputs of another model removed" in m for m in messages)
+    for folder in (pred, logits):
+        assert load_json(folder / "MODEL.json")["sha256"] == model_identity(other)["sha256"]
+    predictor = Predictor(cfg, other)  # the predictions are now that file's, pixel for pixel
+    for image_id in dataset.ids:
+        assert np.array_equal(load_label_png(pred / f"{image_id}.png"), predictor.predict(dataset.image(image_id))[0])
+    assert second["miou"] != first["miou"]
+
+    # a bad path fails in one line and leaves the predictions as they are, even with all of them made
+    kept = {p.name: p.read_bytes() for p in pred.iterdir()}
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(2048))
+    for bad, problem in ((tmp_path / "missing.pt", "model file not found"),
+                         (tmp_path / "random.pt", "not a readable conta checkpoint")):
+        with pytest.raises(ContaError, match=f"{bad.name}: {problem}"):
+            seg.test(cfg, 0, "val", model_path=bad, log=lambda s: None)
+        assert {p.name: p.read_bytes() for p in pred.iterdir()} == kept
+
+    # back to the round's own model: its predictions and scores again
+    assert seg.test(cfg, 0, "val", log=lambda s: None) == first
+    assert {p.name: p.read_bytes() for p in pred.glob("*.png")} == own
 
 
 # -- CRF ----------------------------------------------------------------------------------------
