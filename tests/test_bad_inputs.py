@@ -28,6 +28,7 @@ from _seg_tiny import untrained_model
 from PIL import Image
 
 import conta.engine.checkpoint as checkpoint
+import conta.stages.data_check as data_check
 from conta.cli import main
 from conta.config import load_config
 from conta.data.palette import voc_palette
@@ -413,3 +414,18 @@ def test_payload_would_run_if_unpickled(tmp_path: Path) -> None:
     malicious_npz(world, tmp_path / "evil.npz")
     np.load(tmp_path / "evil.npz", allow_pickle=True)["keys"]
     assert (tmp_path / MARKER).exists()
+
+
+def test_data_check_in_processes_reports_what_one_process_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    world = World(tmp_path)
+    make_voc_dataset(world.root)
+    truncate_jpeg(world), rgb_mask(world), small_mask(world, "img_003")
+    argv = [world.format(a) for a in DATA_CHECK]
+    assert main(argv) == 1
+    alone = capsys.readouterr().out
+    monkeypatch.setattr(data_check, "FILES_PER_PROCESS", 1)  # 4 pairs: worth 2 processes now
+    assert main([*argv[:-2], "2", argv[-1]]) == 1
+    pooled = capsys.readouterr().out
+    assert "decoded 4 images and 4 masks in 2 processes" in pooled
+    assert pooled.replace(" in 2 processes", "") == alone and alone.count("  BAD ") == 3

@@ -16,19 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from conta.config import DataConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.coco import SPLITS as COCO_SPLITS
 from conta.data.coco import require_pycocotools
-from conta.data.palette import IGNORE_INDEX
+from conta.data.integrity import FilePair, inspect_pair
 from conta.data.voc import VOC_CLASSES, VOCLayoutDataset, read_id_list
 from conta.data.voc12 import LIST_COUNTS, MASK_DIRS, list_candidates, missing_list_hint, resolve_voc_root
 from conta.engine.parallel import run_parallel
 from conta.errors import ContaError, DataError
-from conta.io import LABEL_MODES
 
 SHOWN = 3  # files named per missing folder or per kind of broken file
 
@@ -54,75 +50,15 @@ class CheckReport:
         return "\n".join([*self.lines, verdict])
 
 
-@dataclass(frozen=True)
-class FilePair:
-    """An image and its mask (either may be absent) to decode; `n_classes` bounds the mask values."""
-
-    image: Path | None
-    mask: Path | None
-    n_classes: int
-
-
-Finding = tuple[str, str, str]  # (kind, path, detail)
-
-
-def inspect_pair(pair: FilePair) -> list[Finding]:
-    """Decode both files of `pair` completely; what is wrong with them (top level: runs in a pool)."""
-    found: list[Finding] = []
-    size = None
-    if pair.image is not None:
-        try:
-            size = _decode(pair.image).shape[:2]
-        except OSError as exc:
-            found.append(("unreadable image", str(pair.image), _reason(exc, pair.image)))
-    if pair.mask is None:
-        return found
-    try:
-        mask = _decode(pair.mask, LABEL_MODES)
-    except _WrongMode as exc:
-        return [*found, ("mask is not a palette or grayscale PNG", str(pair.mask), f"mode {exc}")]
-    except OSError as exc:
-        return [*found, ("unreadable mask", str(pair.mask), _reason(exc, pair.mask))]
-    bad = (mask > pair.n_classes) & (mask != IGNORE_INDEX)
-    if bad.any():
-        found.append((f"mask value outside 0..{pair.n_classes} (and {IGNORE_INDEX} = ignore)", str(pair.mask),
-                      f"value {int(mask[bad].max())}"))
-    if mask.shape[:2] != tuple(size or mask.shape[:2]):
-        found.append(("mask size differs from its image", str(pair.mask),
-                      f"{mask.shape[1]}x{mask.shape[0]}, image {size[1]}x{size[0]}"))
-    return found
-
-
-class _WrongMode(Exception):
-    """A file that decodes but is not a label image; the message is its mode."""
-
-
-def _decode(path: Path, modes: tuple[str, ...] | None = None) -> np.ndarray:
-    """Every pixel of an image file, decoded as the pipeline will decode it (`modes`: the ones allowed)."""
-    with Image.open(path) as img:
-        if modes is not None and img.mode not in modes:
-            raise _WrongMode(img.mode)
-        img.load()
-        return np.asarray(img)
-
-
-def _reason(exc: OSError, path: Path) -> str:
-    """PIL's message without the path it repeats; 'empty file' for zero bytes."""
-    if path.stat().st_size == 0:
-        return "empty file"
-    return str(exc).replace(f" '{path}'", "").replace(str(path), "").strip() or type(exc).__name__
-
-
 FILES_PER_PROCESS = 200
-"""Fewest files worth a decoding process: starting one (it imports torch) takes about as long as
-decoding 200 VOC images."""
+"""Fewest files worth a decoding process: starting one takes about as long as decoding 200 VOC pairs."""
 
 
 def decode_all(pairs: list[FilePair], workers: int, report: CheckReport) -> set[str]:
     """Decode every pair, in up to `workers` processes, and report the findings by kind; returns
     the paths found broken."""
     workers = max(1, min(workers, len(pairs) // FILES_PER_PROCESS))
-    results = run_parallel(inspect_pair, pairs, workers, "data check: decoding")
+    results = run_parallel(inspect_pair, pairs, workers, "data check: decoding", uses_torch=False)
     images = sum(p.image is not None for p in pairs)
     masks = sum(p.mask is not None for p in pairs)
     report.lines.append(f"decoded {images} images and {masks} masks" + (f" in {workers} processes" if workers > 1 else ""))
