@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which, not a deep traceback
-        raise ContaError(f"{path}: not a readable conta checkpoint ({load_failure(exc)})") from None
+        raise ContaError(f"{path}: not a readable conta checkpoint ({load_failure(exc, path)})") from None
 
 
-def load_failure(exc: Exception) -> str:
-    """One line for why torch.load refused a file. Its own message spans many lines and suggests
+def load_failure(exc: Exception, path: Path) -> str:
+    """One line for why torch.load refused `path`. Its own message spans many lines and suggests
     weights_only=False, which would run whatever code a pickle holds; only the reason is kept."""
     text = str(exc)
+    reason = ""
     if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
         after = text.split("WeightsUnpickler error:", 1)[1]
         reason = next((line.strip() for line in after.splitlines() if line.strip()), "")
         reason = re.split(r"\. Please use", reason)[0]
+    if reason.startswith("Unsupported global"):
         return f"refused by the weights-only loader, which runs no code: {reason}"
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file"
+    if path.is_file() and not zipfile.is_zipfile(path):
+        return "not a file that torch.save wrote, or a truncated one"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:200]}"
+    return f"{type(exc).__name__}: {(reason or first)[:200]}"
 
 
 def restore_rng(state: dict[str, Any]) -> None:
