@@ -325,7 +325,7 @@ CASES = [
          (r"four.pt: a model of 5 classes cannot label a dataset of 21",), 2,
          setup=lambda w: seg_model(w, 4, w.tmp / "four.pt")),
     Case("the model file's architecture wins over seg.arch, said out loud", [*SEG_TEST, "seg.arch=resnet50"],
-         (r"model.pt was built with arch resnet18 \(seg.arch: resnet50\); the file's own architecture is used",), 0,
+         (r"model.pt was built with arch resnet18 \(config: resnet50\); the file's own architecture is used",), 0,
          setup=lambda w: seg_model(w)),
     # writing
     Case("a full disk while writing predictions", [*SEG_TEST, "--split", "train"],

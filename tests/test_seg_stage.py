@@ -24,7 +24,8 @@ from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
 from conta.models.resnet import resnet
 from conta.models.deeplab import DeepLabV2, DeepLabV3
-from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta, padded_size
+from conta.seg_predictor import (Predictor, architecture_note, build_seg_model, load_seg_model, logits_to_probs,
+                                 model_meta, padded_size)
 from conta.stages import seg
 from conta.stages.paths import round_paths
 from conta.stages.provenance import claim, model_identity
@@ -463,3 +464,11 @@ def test_voc12_deeplabv3plus_config_builds_the_documented_network() -> None:
     assert sum(p.numel() for p in model.parameters()) == 59_344_309  # docs/segmentation.md
     assert [b.conv2.dilation[0] for b in model.base.backbone.layer4] == [2, 4, 8]
     assert (cfg.seg.batch_size * cfg.seg.iter_size, cfg.seg.crop_size, cfg.seg.iterations) == (16, 513, 30000)
+
+
+def test_architecture_note_only_when_the_file_and_the_config_differ() -> None:
+    v3 = seg_config(Path("unused"), "seg.model=deeplabv3", "seg.output_stride=16").seg
+    meta = model_meta(v3, ["background", "a", "b"])
+    assert architecture_note("m.pt", meta, v3) is None  # v3 records the rates its stride implies
+    note = architecture_note("m.pt", meta, seg_config(Path("unused")).seg)
+    assert note is not None and note.startswith("m.pt was built with kind ") and "output_stride 16 (config: None)" in note
