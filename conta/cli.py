@@ -29,7 +29,9 @@ Handler = Callable[[argparse.Namespace, Config], int | None]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _take_trailing_overrides(args, extra, getattr(args, "command_parser", parser))
     if not hasattr(args, "handler"):  # a command group without its subcommand: show that group
         getattr(args, "help_of", parser).print_help()
         return 2
@@ -52,11 +54,27 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (process {rank()} of {world_size()})" if world_size() > 1 else ""
         print(f"conta: error{where}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment failing outside the write helpers, which raise WriteError
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"conta: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("conta: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
         teardown()
+
+
+def _take_trailing_overrides(args: argparse.Namespace, extra: list[str], command: argparse.ArgumentParser) -> None:
+    """KEY=VALUE overrides after an option (`a=1 --round 0 b=2`): argparse gives the first run
+    of positionals to `overrides` and leaves the rest over; they join it, in order. Anything
+    else left over is named, with the usage of the command it was given to (exits 2)."""
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not any(action.dest == "overrides" and not action.option_strings for action in command._actions):
+        command.error(f"this command takes no KEY=VALUE config overrides: {' '.join(extra)}")
+    args.overrides = [*args.overrides, *extra]
 
 
 def _launch(devices: int, argv: list[str]) -> int:
@@ -117,7 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     masks.set_defaults(handler=_cmd_eval_masks, single_process=True)
     for command in sub.choices.values():
         command.set_defaults(help_of=command)
+    _name_command_parsers(parser)
     return parser
+
+
+def _name_command_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command records its own parser, whose usage an argument error shows."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(command_parser=command)
+                _name_command_parsers(command)
 
 
 def _stage(sub: argparse._SubParsersAction, name: str, help_text: str, handler: Handler,
@@ -297,7 +325,7 @@ def _cmd_eval_masks(args: argparse.Namespace, cfg: Config) -> int:
     from conta.io import save_json
 
     data = _data_config(args, cfg)
-    scores = evaluate_folder(args.pred, build_dataset(data, args.split))
+    scores = evaluate_folder(args.pred, build_dataset(data, args.split, need_images=False))
     print(format_table(scores, f"{args.pred} vs {data.root} [{args.split}]"))
     if args.json:
         save_json(args.json, scores)
@@ -310,8 +338,8 @@ def _cmd_eval_masks(args: argparse.Namespace, cfg: Config) -> int:
 
 def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
     for name, help_text, handler in (
-        ("check", "report what a dataset root holds and what is missing (counts, first missing files)",
-         _cmd_data_check),
+        ("check", "report what a dataset root holds, what is missing and which files do not decode "
+                  "(counts, first paths); exits 1 on any problem", _cmd_data_check),
         ("prepare", "make the derived files now: tag caches, the COCO index and semantic masks", _cmd_data_prepare),
     ):
         p = data_sub.add_parser(name, help=help_text, description=help_text)
@@ -319,6 +347,9 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
         p.add_argument("--dataset", choices=["synthetic", "voc12", "coco14", "folder"], help="overrides data.dataset")
         p.add_argument("--root", type=Path, help="overrides data.root")
         p.add_argument("--split", action="append", help="a split to cover (repeatable; default: the dataset's usual ones)")
+        if name == "check":
+            p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                           help="processes decoding the files (default: all CPU cores)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
         p.set_defaults(handler=handler, single_process=True)
     lists = data_sub.add_parser("voc-lists", help="write VOC2012 train_aug.txt from the SBD and VOC lists",
@@ -360,7 +391,7 @@ def _data_config(args: argparse.Namespace, cfg: Config) -> DataConfig:
 def _cmd_data_check(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.data_check import check_dataset
 
-    report = check_dataset(_data_config(args, cfg), args.split)
+    report = check_dataset(_data_config(args, cfg), args.split, workers=args.workers)
     print(report.text())
     return 0 if report.ok else 1
 
@@ -479,7 +510,8 @@ def _demo_single_args(p: argparse.ArgumentParser) -> None:
     _model_path_arg(p)
     p.add_argument("--image-path", type=Path, required=True, help="the image to segment")
     p.add_argument("--crf", action="store_true", help="refine with the dense CRF (seg.crf)")
-    p.add_argument("--out", type=Path, help="where to save the figure (default: <run dir>/demo/<image name>.png)")
+    p.add_argument("--out", type=Path, help="where to save the figure (default: <run dir>/demo/<image name>_seg.png "
+                                            "with --run-dir, else <image name>_seg.png in the current folder)")
 
 
 def _demo_live_args(p: argparse.ArgumentParser) -> None:
@@ -488,9 +520,10 @@ def _demo_live_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo_single(args: argparse.Namespace, cfg: Config) -> int:
-    from conta.stages.demo import single
+    from conta.stages.demo import figure_name, single
 
-    single(cfg, args.round, args.image_path, args.model_path, crf=args.crf, out=args.out)
+    out = args.out or (args.run_dir / "demo" / figure_name(args.image_path, args.crf) if args.run_dir else None)
+    single(cfg, args.round, args.image_path, args.model_path, crf=args.crf, out=out)
     return 0
 
 

@@ -1,8 +1,13 @@
 """Typed configuration: dataclasses loaded from YAML, with dotted command-line overrides.
 
 Every section is a dataclass; `load_config` checks every key and value against the field types
-and each section's `validate()` rules, and errors name the offending key and the file. The
-resolved config (`to_dict`) is written next to every run's outputs.
+and each section's `validate()` rules, and errors name the offending key and where it was set:
+the YAML file, or the command-line override. The resolved config (`to_dict`) is written next to
+every run's outputs.
+
+Sizes are bounded so that a typo fails here rather than as a MemoryError deep in a stage: every
+crop, resize and test side lies in [MIN_SIDE, MAX_SIDE] pixels and every scale factor in
+(0, MAX_SCALE].
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ from typing import Any, Literal
 import yaml
 
 from conta.errors import ConfigError
+
+MIN_SIDE = 16
+"""Smallest crop or image side (pixels): the classifier's output stride, below which it has no feature cell."""
+MAX_SIDE = 4096
+"""Largest crop, resize or image side (pixels): eight times a VOC image; one float32 RGB crop of
+4096 x 4096 is 200 MB, where 100000 would need 120 GB."""
+MAX_SCALE = 4.0
+"""Largest rescaling factor of an augmentation or of multi-scale inference (the references use at most 2)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +110,7 @@ class SynthConfig:
     def validate(self, key: str) -> None:
         _check(self.seed >= 0, f"{key}.seed", "must be >= 0")
         _check(self.marker_offset >= 0, f"{key}.marker_offset", "must be >= 0")
-        _check(self.image_size >= 32, f"{key}.image_size", "must be at least 32")
+        _check(32 <= self.image_size <= MAX_SIDE, f"{key}.image_size", f"must be in [32, {MAX_SIDE}], got {self.image_size}")
         _check(self.n_train > 0, f"{key}.n_train", "must be positive")
         _check(self.n_val >= 0, f"{key}.n_val", "must be >= 0")
         _check(self.n_val_deconfounded >= 0, f"{key}.n_val_deconfounded", "must be >= 0")
@@ -166,7 +179,11 @@ class BackboneConfig:
 
 @dataclass
 class CamConfig:
-    """Stage 1: the multi-label classifier and its CAMs (IRNet's train_cam/make_cam/eval_cam)."""
+    """Stage 1: the multi-label classifier and its CAMs (IRNet's train_cam/make_cam/eval_cam).
+
+    crop_size and both resize_long sides lie in [MIN_SIDE, MAX_SIDE] = [16, 4096] pixels, scales
+    in (0, 4].
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     batch_size: int = 16
@@ -187,11 +204,14 @@ class CamConfig:
     high_res: Literal["direct", "upsampled"] = "direct"
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "epochs", "lr", "crop_size")
+        _positive(self, key, "batch_size", "epochs", "lr")
+        _side(self, key, "crop_size")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
-        _check(len(self.resize_long) == 2 and 0 < self.resize_long[0] <= self.resize_long[1], f"{key}.resize_long", "must be [min, max] long-side lengths")
-        _check(len(self.scales) > 0 and all(s > 0 for s in self.scales), f"{key}.scales", "must be positive")
+        _check(len(self.resize_long) == 2 and self.resize_long[0] <= self.resize_long[1], f"{key}.resize_long", "must be [min, max] long-side lengths")
+        _sides(self.resize_long, f"{key}.resize_long")
+        _check(len(self.scales) > 0, f"{key}.scales", "must not be empty")
+        _scales(self.scales, f"{key}.scales")
         _check(0 < self.eval_threshold < 1, f"{key}.eval_threshold", "must be in (0, 1)")
 
 
@@ -226,13 +246,19 @@ class IrLabelConfig:
     workers: int = 0                     # CPU processes; 0 = one per core
 
     def validate(self, key: str) -> None:
-        _check(0 < self.bg_threshold < self.fg_threshold < 1, f"{key}.bg_threshold", "need 0 < bg_threshold < fg_threshold < 1")
+        _check(0 < self.fg_threshold < 1, f"{key}.fg_threshold", f"must be in (0, 1), got {self.fg_threshold:g}")
+        _check(0 < self.bg_threshold < 1, f"{key}.bg_threshold", f"must be in (0, 1), got {self.bg_threshold:g}")
+        _check(self.bg_threshold < self.fg_threshold, f"{key}.bg_threshold",
+               f"must be below {key}.fg_threshold ({self.fg_threshold:g}), got {self.bg_threshold:g}")
         _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
 
 
 @dataclass
 class IrnConfig:
-    """Stage 3: the inter-pixel relation network (boundary + displacement)."""
+    """Stage 3: the inter-pixel relation network (boundary + displacement).
+
+    crop_size lies in [16, 4096] pixels (and is a multiple of 4), scale_range in (0, 4].
+    """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     batch_size: int = 32
@@ -250,9 +276,11 @@ class IrnConfig:
     displacement: bool = True
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "epochs", "lr", "crop_size", "radius")
+        _positive(self, key, "batch_size", "epochs", "lr", "radius")
+        _side(self, key, "crop_size")
         _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
-        _check(len(self.scale_range) == 2 and 0 < self.scale_range[0] <= self.scale_range[1], f"{key}.scale_range", "must be [min, max]")
+        _check(len(self.scale_range) == 2 and self.scale_range[0] <= self.scale_range[1], f"{key}.scale_range", "must be [min, max]")
+        _scales(self.scale_range, f"{key}.scale_range")
 
 
 @dataclass
@@ -276,6 +304,8 @@ class PseudoMaskConfig:
 @dataclass
 class SegConfig:
     """Stage 5: DeepLab (v2 by default: ResNet-101, ASPP, multi-scale) trained on pseudo-masks.
+
+    crop_size and test_size lie in [16, 4096] pixels, scales in (0, 4].
 
     v3 and v3+ (docs/segmentation.md) train their BN; output_stride, multi_grid and sync_bn are theirs.
     """
@@ -312,12 +342,14 @@ class SegConfig:
     )
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "iter_size", "iterations", "lr", "lr_decay_every", "crop_size", "log_every", "save_every", "average_loss")
+        _positive(self, key, "batch_size", "iter_size", "iterations", "lr", "lr_decay_every", "log_every", "save_every", "average_loss")
+        _side(self, key, "crop_size", "test_size")
         _check(len(self.atrous_rates) > 0 and all(r > 0 for r in self.atrous_rates), f"{key}.atrous_rates", "must be positive")
         _check(self.output_stride in (8, 16), f"{key}.output_stride", "must be 8 or 16")
         _check(all(g >= 1 for g in self.multi_grid), f"{key}.multi_grid", "must be dilation multipliers >= 1")
         _check(all(0 < s < 1 for s in self.msc_scales), f"{key}.msc_scales", "extra input scales must be in (0, 1)")
-        _check(all(s > 0 for s in self.scales), f"{key}.scales", "must be positive")
+        _check(len(self.scales) > 0, f"{key}.scales", "must not be empty")
+        _scales(self.scales, f"{key}.scales")
 
 
 @dataclass
@@ -336,7 +368,8 @@ class ContaConfig:
 
     def validate(self, key: str) -> None:
         _check(self.rounds >= 0, f"{key}.rounds", "must be >= 0")
-        _check(len(self.confounder_size) == 2 and min(self.confounder_size) > 0, f"{key}.confounder_size", "must be [h, w] > 0")
+        _check(len(self.confounder_size) == 2 and 0 < min(self.confounder_size) and max(self.confounder_size) <= MAX_SIDE,
+               f"{key}.confounder_size", f"must be [h, w] in [1, {MAX_SIDE}]")
 
 
 @dataclass
@@ -364,7 +397,8 @@ class PretrainConfig:
     workers: int = 1                     # processes drawing images beside the training process
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "width", "n_classes", "image_size", "images_per_epoch", "epochs", "batch_size", "lr", "val_images")
+        _positive(self, key, "width", "n_classes", "images_per_epoch", "epochs", "batch_size", "lr", "val_images")
+        _side(self, key, "image_size")
         _check(self.n_classes + len(SynthConfig().classes) <= SynthConfig.MAX_CLASSES, f"{key}.n_classes",
                f"at most {SynthConfig.MAX_CLASSES - len(SynthConfig().classes)}: the markers of the default classes are never used")
         _check(1 <= self.min_objects <= self.max_objects <= self.n_classes, f"{key}.min_objects", "need 1 <= min_objects <= max_objects <= n_classes")
@@ -420,17 +454,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides:
-        _apply_override(raw, item)
+    set_by = {_apply_override(raw, item): item for item in overrides}
     try:
         cfg = _build(Config, raw, "")
         _validate_tree(cfg, "")
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        item = _override_of(exc.key, set_by)
+        where = f"command-line override {item}" if item is not None else source
+        raise ConfigError(f"{where}: {exc}", key=exc.key) from None
     return cfg
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's many-line message as one line: where, and what."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
+def _override_of(key: str | None, set_by: dict[str, str]) -> str | None:
+    """The last override that set `key`, a section holding it, or a key inside it (None: the file did)."""
+    if key is None:
+        return None
+    hits = [item for dotted, item in set_by.items()
+            if key == dotted or key.startswith((f"{dotted}.", f"{dotted}[")) or dotted.startswith(f"{key}.")]
+    return hits[-1] if hits else None
 
 
 def to_dict(cfg: Any) -> Any:
@@ -459,7 +511,8 @@ def replace(cfg: Config, overrides: list[str]) -> Config:
     return new
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str) -> str:
+    """Set one `key.sub=value` in the raw mapping; returns the dotted key."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key.subkey=value")
     key, _, text = item.partition("=")
@@ -479,17 +532,18 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {part} is not a section")
         node = child
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 def _build(cls: type, raw: Any, key: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{key or 'top level'}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{key or 'top level'}: expected a mapping, got {type(raw).__name__}", key=key or None)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{key}." if key else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(names))})", key=f"{where}{unknown[0]}")
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in raw.items():
@@ -517,35 +571,35 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _coerce(arg, value, key)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{key}: bad value {value!r}", key=key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}", key=key)
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key=key)
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {value!r}", key=key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key=key)
         return value
     if tp is float:
         if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key=key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key=key)
         return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
+    raise ConfigError(f"{key}: unsupported type {tp}", key=key)
 
 
 def _validate_tree(obj: Any, key: str) -> None:
@@ -564,9 +618,25 @@ def _validate_tree(obj: Any, key: str) -> None:
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {message}")
+        raise ConfigError(f"{key}: {message}", key=key)
 
 
 def _positive(section: Any, key: str, *names: str) -> None:
     for name in names:
         _check(getattr(section, name) > 0, f"{key}.{name}", "must be positive")
+
+
+def _side(section: Any, key: str, *names: str) -> None:
+    for name in names:
+        _sides([getattr(section, name)], f"{key}.{name}", single=True)
+
+
+def _sides(values: list[int], key: str, single: bool = False) -> None:
+    for i, value in enumerate(values):
+        _check(MIN_SIDE <= value <= MAX_SIDE, key if single else f"{key}[{i}]",
+               f"must be in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {value}")
+
+
+def _scales(values: list[float], key: str) -> None:
+    for i, value in enumerate(values):
+        _check(0 < value <= MAX_SCALE, f"{key}[{i}]", f"must be in (0, {MAX_SCALE:g}], got {value:g}")

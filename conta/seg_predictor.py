@@ -87,6 +87,27 @@ def load_seg_model(path: str | Path, device: torch.device | str = "cpu") -> tupl
     return model.to(device).eval(), meta
 
 
+ARCHITECTURE_KEYS: tuple[str, ...] = ("kind", "arch", "width", "atrous_rates", "msc_scales", "normalization",
+                                      "output_stride", "multi_grid")
+
+
+def architecture_note(path: str | Path, meta: dict[str, Any], seg: SegConfig) -> str | None:
+    """What a model file builds that the config's seg section would not, or None.
+
+    The file wins: its meta is what its weights fit. Said out loud, so that a `seg.arch` the
+    user set and the network that runs are never silently different.
+    """
+    try:
+        expected = model_meta(seg, list(meta.get("class_names", [])), meta.get("stride_in_1x1", False))
+    except ConfigError:  # a seg section that builds nothing; the file is used all the same
+        expected = {}
+    differ = [f"{key} {meta.get(key)} (config: {expected.get(key)})" for key in ARCHITECTURE_KEYS
+              if meta.get(key) != expected.get(key)]
+    if not differ:
+        return None
+    return f"{path} was built with {', '.join(differ)}; the file's own architecture is used"
+
+
 @torch.no_grad()
 def predict_logits(model: MSC, image: np.ndarray, normalization: str, device: torch.device) -> torch.Tensor:
     """Logits (C x h x w, float32, CPU) of the whole unpadded image, as deeplab-pytorch tests

@@ -179,7 +179,9 @@ def test_calibration_normalises_a_random_backbone() -> None:
     model = tiny(arch="resnet50")
     x = torch.randn(8, 3, 64, 64) * 2 + 1
     before = model.features(x).std().item()
-    assert calibrate_bn_statistics(model, x) == sum(isinstance(m, FrozenStatsBatchNorm2d) for m in model.modules())
+    layers: list[int] = []
+    n = calibrate_bn_statistics(model, x, on_layer=lambda: layers.append(len(layers)))
+    assert n == len(layers) == sum(isinstance(m, FrozenStatsBatchNorm2d) for m in model.modules())  # one tick each
     after = model.features(x).std().item()
     assert before > 3 and 0.3 < after < 3
     stem = model.backbone.bn1(model.backbone.conv1(x))

@@ -146,12 +146,36 @@ def test_bad_values_name_key_and_file(tmp_path: Path, text: str, key: str) -> No
     assert str(path) in msg
 
 
-def test_bad_override_names_key_and_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "cam:\n  lr: 0.05\n")
+def test_bad_override_is_blamed_on_the_override_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "cam:\n  lr: 0.05\nirn:\n  radius: 0\n")
     msg = config_error(path, "cam.bogus=1")
-    assert "cam.bogus" in msg and str(path) in msg
-    msg = config_error(path, "irn.radius=0")
-    assert "irn.radius" in msg and "positive" in msg and str(path) in msg
+    assert msg.startswith("command-line override cam.bogus=1: unknown key cam.bogus") and str(path) not in msg
+    msg = config_error(path, "cam.crop_size=100000", "cam.lr=0.1")
+    assert msg.startswith("command-line override cam.crop_size=100000: cam.crop_size: must be in [16, 4096]")
+    msg = config_error(path, "cam.scales=[1.0, 9]")
+    assert msg.startswith("command-line override cam.scales=[1.0, 9]: cam.scales[1]: must be in (0, 4]")
+    # the file's own mistake is still the file's, whatever else the command line sets
+    msg = config_error(path, "cam.lr=0.1")
+    assert msg.startswith(f"{path}: irn.radius") and "positive" in msg
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("seg.crop_size=100000", "seg.crop_size"), ("cam.crop_size=8", "cam.crop_size"),
+    ("irn.crop_size=5000", "irn.crop_size"), ("seg.test_size=0", "seg.test_size"),
+    ("cam.resize_long=[320,99999]", "cam.resize_long[1]"), ("seg.scales=[0.5,100]", "seg.scales[1]"),
+    ("irn.scale_range=[0.5,50]", "irn.scale_range[1]"), ("data.synth.image_size=100000", "data.synth.image_size"),
+    ("conta.confounder_size=[32,100000]", "conta.confounder_size"),
+])
+def test_impossible_sizes_are_rejected_with_the_key(override: str, key: str) -> None:
+    msg = config_error(None, override)
+    assert msg.startswith(f"command-line override {override}: {key}: must be")
+
+
+def test_each_threshold_is_named_for_its_own_mistake() -> None:
+    assert "ir_label.fg_threshold: must be in (0, 1), got 1.5" in config_error(None, "ir_label.fg_threshold=1.5")
+    assert "ir_label.bg_threshold: must be in (0, 1)" in config_error(None, "ir_label.bg_threshold=-0.1")
+    msg = config_error(None, "ir_label.bg_threshold=0.4")
+    assert "ir_label.bg_threshold: must be below ir_label.fg_threshold (0.3), got 0.4" in msg
 
 
 def test_missing_file(tmp_path: Path) -> None:

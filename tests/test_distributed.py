@@ -92,8 +92,9 @@ def _launch(command: list[str]) -> subprocess.CompletedProcess:
 
 def _only_outputs(folder: Path, ids: list[str], suffix: str) -> None:
     """Exactly one output per image and nothing else (no temporary files, no strays) but the
-    stage's completion marker."""
-    assert sorted(p.name for p in folder.iterdir() if p.name != "DONE.json") == sorted(f"{i}{suffix}" for i in ids)
+    stage's completion marker and the record of the model that made the outputs."""
+    records = ("DONE.json", "MODEL.json")
+    assert sorted(p.name for p in folder.iterdir() if p.name not in records) == sorted(f"{i}{suffix}" for i in ids)
 
 
 def _same_weights(a: Path, b: Path, rtol: float, atol: float) -> None:

@@ -14,6 +14,7 @@ from conta.engine.checkpoint import load_checkpoint, load_model_weights, restore
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor
 from conta.errors import ConfigError, ContaError
+from conta.progress import rate
 
 
 class NotATensor:
@@ -172,6 +173,13 @@ def test_corrupt_checkpoint(tmp_path: Path, damage: str) -> None:
     with pytest.raises(ContaError) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "not a readable" in str(info.value)
+    assert "\n" not in str(info.value) and "weights_only=False" not in str(info.value)  # one line, no unsafe advice
+
+
+def test_rates_below_one_per_second_are_seconds_each() -> None:
+    assert rate(30, 2.0) == "15.0 images/s"
+    assert rate(3, 20.0) == "6.7 s/image"  # not "0.1 images/s", let alone "0.0"
+    assert rate(2, 1000.0, "iteration") == "500.0 s/iteration"
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
     return [*extra, f"run.out_dir={tmp_path / 'runs'}", "run.name=demo", "seg.test_size=40"]
 
 
-def test_demo_single_writes_a_figure(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_single_writes_a_figure(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     save_rgb(tmp_path / "photo.png", image)
     out = tmp_path / "figure.png"
@@ -34,9 +35,14 @@ def test_demo_single_writes_a_figure(tmp_path: Path, model: Path, capsys: pytest
     with Image.open(out) as figure:
         assert figure.mode == "RGB" and figure.width > 2 * 50 and figure.height > 30
     assert str(out) in capsys.readouterr().out
-    # without --out it goes to <run dir>/demo/<name>.png, and --crf is accepted
+    # without --out it goes to the current folder, not into the run the config names; --crf is accepted
+    monkeypatch.chdir(tmp_path / "runs" if (tmp_path / "runs").is_dir() else tmp_path)
+    work = Path.cwd()
     assert main(_args(tmp_path, *argv[:-2], "--crf")) == 0
-    assert (tmp_path / "runs" / "demo" / "demo" / "photo_crf.png").is_file()
+    assert (work / "photo_seg_crf.png").is_file() and not (tmp_path / "runs" / "demo").exists()
+    # with --run-dir it goes to <run dir>/demo/<name>_seg.png
+    assert main(_args(tmp_path, *argv[:-2], "--run-dir", str(tmp_path / "mine"))) == 0
+    assert (tmp_path / "mine" / "demo" / "photo_seg.png").is_file()
 
 
 def test_demo_single_with_a_v3plus_model(tmp_path: Path) -> None:

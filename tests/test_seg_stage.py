@@ -12,20 +12,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config
+from _seg_tiny import IMAGE_SIZE, N_CLASSES, seg_config, untrained_model
 from PIL import Image
 
 from conta.config import Config, load_config, replace
 from conta.data.palette import IGNORE_INDEX
+from conta.data.voc import VOC_CLASSES
 from conta.engine.sync_bn import GlooSyncBatchNorm
 from conta.errors import ConfigError, ContaError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
 from conta.models.resnet import resnet
 from conta.models.deeplab import DeepLabV2, DeepLabV3
-from conta.seg_predictor import Predictor, build_seg_model, load_seg_model, logits_to_probs, model_meta
+from conta.seg_predictor import Predictor, architecture_note, build_seg_model, load_seg_model, logits_to_probs, model_meta
 from conta.stages import seg
 from conta.stages.paths import round_paths
+from conta.stages.provenance import claim, model_identity
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +162,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
     b = torch.load(round_paths(resumed, 0).seg / "model.pt", weights_only=True)["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
+    # the last checkpoints agree too, down to the RNG state a further resume would restore
+    a = torch.load(round_paths(straight, 0).seg / "checkpoint.pt", weights_only=True)
+    b = torch.load(round_paths(resumed, 0).seg / "checkpoint.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 6
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
 def test_tensorboard_events_hold_loss_lr_and_image(trained: Config) -> None:
@@ -223,6 +230,7 @@ def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch
         assert tuple(saved["size"]) == (IMAGE_SIZE, IMAGE_SIZE)
     # a second call finds every output and loads no model
     monkeypatch.setattr(seg, "write_predictions", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(seg, "load_seg_model", lambda *a, **k: pytest.fail("loaded"))
     assert seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)["miou"] == scores["miou"]
 
 
@@ -238,6 +246,40 @@ def test_test_on_images_without_ground_truth(trained: Config, tmp_path: Path) ->
         labels = load_label_png(round_paths(other, 0).seg_pred("val") / f"{image_id}.png")
         assert labels.shape == (IMAGE_SIZE, IMAGE_SIZE) and labels.max() < N_CLASSES
     assert not round_paths(other, 0).metrics.exists()
+
+
+def test_test_with_another_model_recomputes_and_a_bad_model_path_fails(trained: Config, tmp_path: Path) -> None:
+    cfg = replace(trained, [f"run.out_dir={tmp_path / 'runs'}"])
+    shutil.copytree(trained.run_dir, cfg.run_dir)
+    pred, logits = round_paths(cfg, 0).seg_pred("val"), round_paths(cfg, 0).seg_logits("val")
+    dataset = seg.build_dataset(cfg.data, "val")
+    first = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
+    own = {p.name: p.read_bytes() for p in pred.glob("*.png")}
+    assert len(own) == len(dataset)
+
+    other = untrained_model(cfg, tmp_path / "other.pt", dataset.class_names)
+    messages: list[str] = []
+    second = seg.test(cfg, 0, "val", model_path=other, keep_logits=True, log=messages.append)
+    assert any(f"{len(dataset)} outputs of another model removed" in m for m in messages)
+    for folder in (pred, logits):
+        assert load_json(folder / "MODEL.json")["sha256"] == model_identity(other)["sha256"]
+    predictor = Predictor(cfg, other)  # the predictions are now that file's, pixel for pixel
+    for image_id in dataset.ids:
+        assert np.array_equal(load_label_png(pred / f"{image_id}.png"), predictor.predict(dataset.image(image_id))[0])
+    assert second["miou"] != first["miou"]
+
+    # a bad path fails in one line and leaves the predictions as they are, even with all of them made
+    kept = {p.name: p.read_bytes() for p in pred.iterdir()}
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(2048))
+    for bad, problem in ((tmp_path / "missing.pt", "model file not found"),
+                         (tmp_path / "random.pt", "not a readable conta checkpoint")):
+        with pytest.raises(ContaError, match=f"{bad.name}: {problem}"):
+            seg.test(cfg, 0, "val", model_path=bad, log=lambda s: None)
+        assert {p.name: p.read_bytes() for p in pred.iterdir()} == kept
+
+    # back to the round's own model: its predictions and scores again
+    assert seg.test(cfg, 0, "val", log=lambda s: None) == first
+    assert {p.name: p.read_bytes() for p in pred.glob("*.png")} == own
 
 
 # -- CRF ----------------------------------------------------------------------------------------
@@ -259,6 +301,9 @@ def test_crf_snaps_a_blurred_prediction_to_the_colour_edge(tmp_path: Path) -> No
     fg = (xs - 26.0) / 6.0
     logits = torch.from_numpy(np.stack([-fg, fg]).astype(np.float32))
     paths = round_paths(cfg, 0)
+    # the logits stand for those of the round's model: the folder records that model file
+    model = untrained_model(cfg, paths.seg / "model.pt", list(VOC_CLASSES))
+    claim(paths.seg_logits("val"), model_identity(model), log=lambda s: None)
     for image_id in ("a", "b"):
         seg.save_logits(paths.seg_logits("val") / f"{image_id}.npz", logits, size)
     before = ConfusionMatrix(["background", "thing"])
@@ -415,3 +460,11 @@ def test_voc12_deeplabv3plus_config_builds_the_documented_network() -> None:
     assert sum(p.numel() for p in model.parameters()) == 59_344_309  # docs/segmentation.md
     assert [b.conv2.dilation[0] for b in model.base.backbone.layer4] == [2, 4, 8]
     assert (cfg.seg.batch_size * cfg.seg.iter_size, cfg.seg.crop_size, cfg.seg.iterations) == (16, 513, 30000)
+
+
+def test_architecture_note_only_when_the_file_and_the_config_differ() -> None:
+    v3 = seg_config(Path("unused"), "seg.model=deeplabv3", "seg.output_stride=16").seg
+    meta = model_meta(v3, ["background", "a", "b"])
+    assert architecture_note("m.pt", meta, v3) is None  # v3 records the rates its stride implies
+    note = architecture_note("m.pt", meta, seg_config(Path("unused")).seg)
+    assert note is not None and note.startswith("m.pt was built with kind ") and "output_stride 16 (config: None)" in note

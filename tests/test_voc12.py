@@ -17,7 +17,7 @@ from conta.data.build import build_dataset
 from conta.data.voc import VOC_CLASSES
 from conta.data.voc12 import VOC12Dataset, derive_train_aug
 from conta.errors import DataError
-from conta.io import load_json
+from conta.io import load_json, save_rgb
 
 
 @pytest.fixture
@@ -139,5 +139,10 @@ def test_data_check_reports_counts_and_what_is_missing(voc, capsys, no_packaged_
 
     (voc.root / "JPEGImages" / "img_002.jpg").touch()
     (voc.root / "JPEGImages" / "img_003.jpg").touch()
-    assert main(["data", "check", "--dataset", "voc12", "--root", str(voc.root)]) == 0
-    assert "OK: nothing required is missing" in capsys.readouterr().out
+    assert main(["data", "check", "--dataset", "voc12", "--root", str(voc.root), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "BAD unreadable image: 2 files (first: " in out and "img_002.jpg (empty file)" in out
+    for image_id in ("img_002", "img_003"):
+        save_rgb(voc.root / "JPEGImages" / f"{image_id}.jpg", np.full((24, 32, 3), 90, np.uint8))
+    assert main(["data", "check", "--dataset", "voc12", "--root", str(voc.root), "--workers", "1"]) == 0
+    assert "OK: nothing required is missing and every file decodes" in capsys.readouterr().out

@@ -34,15 +34,17 @@ def ensure_dataset(data: DataConfig, log=print) -> Path:
     return root
 
 
-def build_dataset(data: DataConfig, split: str) -> VOCLayoutDataset:
-    """The reader for one split of the configured dataset."""
+def build_dataset(data: DataConfig, split: str, need_images: bool = True) -> VOCLayoutDataset:
+    """The reader for one split of the configured dataset; `need_images=False` for scoring
+    alone, which reads only the masks."""
     tags = data.tags_file if data.tags_file else None
     if data.dataset == "synthetic":
-        return VOCLayoutDataset(data.root, split, tags_file=tags)
+        return VOCLayoutDataset(data.root, split, tags_file=tags, need_images=need_images)
     if data.dataset == "voc12":
-        return VOC12Dataset(data.root, split, tags_file=tags, cache_dir=data.cache_dir)
+        return VOC12Dataset(data.root, split, tags_file=tags, cache_dir=data.cache_dir, need_images=need_images)
     if data.dataset == "coco14":
-        return Coco14Dataset(data.root, split, cache_dir=data.cache_dir)
+        return Coco14Dataset(data.root, split, cache_dir=data.cache_dir, need_images=need_images)
     if data.dataset == "folder":
-        return FolderDataset(data.root, split, class_names=data.class_names, tags_file=tags)
+        return FolderDataset(data.root, split, class_names=data.class_names, tags_file=tags,
+                             need_images=need_images)
     raise ConfigError(f"data.dataset: {data.dataset!r} is not supported")

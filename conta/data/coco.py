@@ -101,7 +101,8 @@ class Coco14Dataset(VOCLayoutDataset):
     """One COCO 2014 split with the interface of `VOCLayoutDataset` (whose mask and tag helpers it
     reuses); its ids, files and tags come from the annotation file instead of a VOC folder tree."""
 
-    def __init__(self, root: str | Path, split: str, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, cache_dir: str | Path | None = None,
+                 need_images: bool = True) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root not found (set data.root to the folder holding "
@@ -114,7 +115,7 @@ class Coco14Dataset(VOCLayoutDataset):
         if not self.annotation_path.is_file():
             raise DataError(self.annotation_path, "annotation file not found (unzip "
                             "annotations_trainval2014.zip into data.root)")
-        if not self.image_dir.is_dir():
+        if need_images and not self.image_dir.is_dir():
             raise DataError(self.image_dir, f"image folder not found (unzip {split}.zip into data.root)")
         self.list_path = self.annotation_path
         self.tags_file = None
@@ -129,7 +130,8 @@ class Coco14Dataset(VOCLayoutDataset):
         self.dropped = len(index["images"]) - len(kept)
         self._rows = {row[0]: row for row in kept}
         self.ids = list(self._rows)
-        self._check_images_exist()
+        if need_images:
+            self._check_images_exist()
 
     # -- index --------------------------------------------------------------------------------
 

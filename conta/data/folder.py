@@ -50,13 +50,13 @@ class FolderDataset(VOCLayoutDataset):
     and tag helpers it reuses); images may have any common extension."""
 
     def __init__(self, root: str | Path, split: str, class_names: list[str] | None = None,
-                 tags_file: str | Path | None = None) -> None:
+                 tags_file: str | Path | None = None, need_images: bool = True) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root not found (set data.root to the folder holding images/)")
         self.split = split
         self.image_dir = self.root / "images"
-        if not self.image_dir.is_dir():
+        if need_images and not self.image_dir.is_dir():
             raise DataError(self.image_dir, "image folder not found: put the images in <data.root>/images/")
         if not class_names and not (self.root / "class_names.txt").is_file():
             raise DataError(self.root / "class_names.txt", "class names not found: list one foreground "
@@ -65,7 +65,7 @@ class FolderDataset(VOCLayoutDataset):
         self.n_classes = len(self.class_names)
         self.tags_file = Path(tags_file) if tags_file else find_tags_file(self.root)
         self.mask_dir = self.root / "masks"
-        self._files = scan_images(self.image_dir)
+        self._files = scan_images(self.image_dir) if self.image_dir.is_dir() else {}
         self.list_path = self.root / "splits" / f"{split}.txt"
         if self.list_path.is_file() or split != "train":
             self.ids = read_id_list(self.list_path)
@@ -73,7 +73,8 @@ class FolderDataset(VOCLayoutDataset):
             held_out = {i for path in (self.root / "splits").glob("*.txt") for i in read_id_list(path)}
             self.list_path = self.tags_file
             self.ids = sorted(set(read_tags_file(self.tags_file, self.class_names)) - held_out)
-        self._check_images_exist()
+        if need_images:
+            self._check_images_exist()
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / self._files.get(image_id, f"{image_id}.jpg")

@@ -26,6 +26,7 @@ import numpy as np
 
 from conta.config import PretrainConfig, SynthConfig, to_dict
 from conta.data.palette import IGNORE_INDEX, voc_palette
+from conta.errors import DataError
 from conta.io import load_json, save_json, save_label_png, save_rgb, save_text
 
 GENERATOR_VERSION = 1  # bump whenever drawing changes, so stale datasets are regenerated
@@ -170,13 +171,14 @@ def generate(cfg: SynthConfig, out: Path, *, progress: bool = False) -> SynthSum
     """
     out = Path(out)
     key = {"generator_version": GENERATOR_VERSION, "config": to_dict(cfg)}
-    done = out / SUMMARY_FILE
+    done, marker = out / SUMMARY_FILE, out / _INCOMPLETE_FILE
+    if not done.is_file() and not marker.is_file():
+        _refuse_foreign(out)
     if done.is_file():
         stored = load_json(done)
         if {k: stored.get(k) for k in key} == key:
             return SynthSummary.from_dict(out, stored["summary"], generated=False)
         done.unlink(missing_ok=True)
-    marker = out / _INCOMPLETE_FILE
     resume = marker.is_file() and load_json(marker) == key
     if not resume:
         _remove_generated(out)
@@ -210,6 +212,17 @@ def generate(cfg: SynthConfig, out: Path, *, progress: bool = False) -> SynthSum
     save_json(done, {**key, "summary": summary.to_dict(), "image_backgrounds": backgrounds})
     marker.unlink(missing_ok=True)
     return summary
+
+
+def _refuse_foreign(out: Path) -> None:
+    """A folder that already holds a dataset this generator did not write (no synth.json) is
+    someone's data: writing there would replace its split lists. Usually data.dataset is left at
+    its default, synthetic, for a real dataset's root."""
+    held = [f"{sub}/" for sub in ("JPEGImages", "ImageSets", "SegmentationClass") if (out / sub).is_dir()]
+    if held:
+        raise DataError(out, f"holds a dataset that conta did not generate ({', '.join(held)} but no "
+                        f"{SUMMARY_FILE}); data.dataset is 'synthetic', so set it to voc12, coco14 or folder, "
+                        "or point data.root at an empty folder")
 
 
 def _remove_generated(out: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from conta.data.palette import IGNORE_INDEX
 from conta.errors import DataError
-from conta.io import load_label_png, load_rgb
+from conta.io import image_file_size, load_label_png, load_rgb
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -42,7 +42,9 @@ class VOCLayoutDataset:
         tags_file: str | Path | None = None,
         mask_dir: str = "SegmentationClass",
         list_dir: str = "ImageSets/Segmentation",
+        need_images: bool = True,
     ) -> None:
+        """`need_images=False` reads a split whose images are absent (scoring needs only masks)."""
         self.root = Path(root)
         self.split = split
         if not self.root.is_dir():
@@ -53,7 +55,8 @@ class VOCLayoutDataset:
         self.list_path = self.root / list_dir / f"{split}.txt"
         self.ids = read_id_list(self.list_path)
         self.tags_file = Path(tags_file) if tags_file else None
-        self._check_images_exist()
+        if need_images:
+            self._check_images_exist()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,12 +77,20 @@ class VOCLayoutDataset:
         """H x W x 3 uint8 RGB."""
         return load_rgb(self.image_path(image_id))
 
+    def image_size(self, image_id: str) -> tuple[int, int] | None:
+        """(H, W) from the image file's header (nothing decoded); None when the image is absent."""
+        path = self.image_path(image_id)
+        return image_file_size(path) if path.is_file() else None
+
     def mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray:
-        """H x W uint8 label map, checked against the class range and (optionally) the image size."""
+        """H x W uint8 label map, checked against the class range and the size of its image:
+        `image_size` when given, else the image file's (unless the image is absent)."""
         path = self.mask_path(image_id)
         mask = load_label_png(path)
         if mask.ndim != 2:
             raise DataError(path, f"mask must be single-channel, got shape {mask.shape}")
+        if image_size is None:
+            image_size = self.image_size(image_id)
         if image_size is not None and mask.shape != tuple(image_size):
             raise DataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
                             f"{image_size[1]}x{image_size[0]}")
@@ -153,7 +164,10 @@ class VOCLayoutDataset:
 
 
 def read_id_list(path: Path) -> list[str]:
-    """Image ids of a split list; the deeplab-pytorch two-path form `/JPEGImages/x.jpg ...` is accepted."""
+    """Image ids of a split list; the deeplab-pytorch two-path form `/JPEGImages/x.jpg ...` is accepted.
+
+    An id listed twice is an error: its image would count twice in every score and be trained on twice.
+    """
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -165,6 +179,11 @@ def read_id_list(path: Path) -> list[str]:
             ids.append(Path(line.split()[0]).stem)
     if not ids:
         raise DataError(path, "split list is empty")
+    if len(set(ids)) < len(ids):
+        seen: set[str] = set()
+        twice = list(dict.fromkeys(i for i in ids if i in seen or seen.add(i)))
+        raise DataError(path, f"lists {len(twice)} ids more than once (first: {', '.join(twice[:3])}); "
+                        "each image must be listed once, or it counts twice in the scores")
     return ids
 
 

@@ -72,12 +72,12 @@ class VOC12Dataset(VOCLayoutDataset):
     folder does not cover the split (train_aug), SegmentationClassAug."""
 
     def __init__(self, root: str | Path, split: str, tags_file: str | Path | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, need_images: bool = True) -> None:
         root = resolve_voc_root(root)
         list_path = find_split_list(root, split)
         # An absolute list_dir replaces the root in the parent's `root / list_dir` join (pathlib rule).
         super().__init__(root, split, class_names=list(VOC_CLASSES), tags_file=tags_file,
-                         list_dir=str(list_path.parent.resolve()))
+                         list_dir=str(list_path.parent.resolve()), need_images=need_images)
         self.mask_dir = self._covering_mask_dir()
         self.cache_path = dataset_cache_dir(root, cache_dir) / TAGS_CACHE
 

@@ -61,10 +61,10 @@ class EpochTraining:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def steps_per_epoch(n_samples: int, batch_size: int, drop_last: bool = True) -> int:
+def steps_per_epoch(n_samples: int, batch_size: int, drop_last: bool = True, key: str = "the batch size") -> int:
     steps = n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)
     if steps == 0:
-        raise ContaError(f"{n_samples} training images are fewer than one batch of {batch_size}")
+        raise ContaError(f"{n_samples} training images are fewer than one batch of {batch_size}; lower {key}")
     return steps
 
 

@@ -35,9 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from conta.data.voc import VOC_CLASSES
-from conta.engine.checkpoint import load_checkpoint
+from conta.engine.checkpoint import load_checkpoint, save_torch
 from conta.errors import ContaError
-from conta.io import atomic_path
 from conta.models.deeplab import MSC, deeplab_v2
 from conta.models.resnet import ARCHS, Bottleneck, ResNet, resnet
 from conta.models.weights import _read_state_dict
@@ -314,8 +313,7 @@ def _check_keys(state: dict[str, Tensor], own: dict[str, Tensor], source: str | 
 def save_conversion(conversion: Conversion, out: str | Path) -> Path:
     """Write {"model", "meta"} atomically."""
     out = Path(out)
-    with atomic_path(out) as tmp:
-        torch.save({"model": conversion.state, "meta": conversion.meta}, tmp)
+    save_torch(out, {"model": conversion.state, "meta": conversion.meta})
     return out
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from conta.engine.checkpoint import load_failure
 from conta.errors import ContaError
 from conta.models.resnet import ResNet
 
@@ -113,7 +114,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint; all mean the same
-        raise ContaError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ContaError(f"{path}: not a readable PyTorch checkpoint ({load_failure(exc, path)})") from None
     for nest in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(nest), dict):
             obj = obj[nest]

@@ -38,7 +38,7 @@ from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.checkpoint import load_checkpoint, load_model_weights
+from conta.engine.checkpoint import load_checkpoint, load_model_weights, save_torch
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
@@ -47,12 +47,12 @@ from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import IRNET, ConfusionMatrix, average_precision, format_table
-from conta.io import atomic_path, save_npz, save_rgb
-from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics
+from conta.io import save_npz, save_rgb
+from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics, frozen_bns
 from conta.models.resnet import resnet
 from conta.models.weights import load_backbone_weights
 from conta.ops.cam_fusion import scale_cams, tagged_cams
-from conta.progress import progress
+from conta.progress import counter, progress, rate
 from conta.stages.ir_label import read_cam
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
@@ -77,6 +77,9 @@ def cam_meta(cam: CamConfig, data: VOCLayoutDataset, context_at: ContextAt | Non
             "context_module": type(context_module).__name__ if context_module is not None else None}
 
 
+CAM_META_KEYS = frozenset({"arch", "width", "strides", "dilations", "n_classes", "context_at", "context_module"})
+
+
 def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
                   pretrained: str | None = None, log: Log = print) -> CamNet:
     """The network `meta` describes (arch, width, strides, dilations, n_classes, context_at);
@@ -89,14 +92,17 @@ def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
 
 def save_cam_net(path: Path, model: CamNet, meta: dict) -> None:
     """model.pt: the weights and the `meta` that `build_cam_net` rebuilds the network from."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    save_torch(path, {"model": model.state_dict(), "meta": meta})
 
 
 def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> CamNet:
     """Rebuild a trained classifier from model.pt; a context module must be passed again (same
     structure) because only its weights are stored."""
-    meta = load_checkpoint(path)["meta"]
+    state = load_checkpoint(path)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or not CAM_META_KEYS <= set(meta):
+        raise ContaError(f"{path}: not a conta CAM classifier (a model.pt of `conta cam train`); "
+                         "is it another stage's model?")
     if (meta["context_module"] is None) != (context_module is None):
         raise ContaError(f"{path}: trained with context module {meta['context_module']!r}, "
                          f"given {type(context_module).__name__ if context_module is not None else None!r}")
@@ -184,12 +190,14 @@ def _validation(data: VOCLayoutDataset, provider: ContextProvider | None,
 
 def _calibrate(model: CamNet, samples: CamTrainSet, device: torch.device, log: Log) -> None:
     """A random backbone's frozen BN statistics, estimated from the first training samples."""
-    batch = [samples[i] for i in range(min(len(samples), CALIBRATION_IMAGES))]
+    count = min(len(samples), CALIBRATION_IMAGES)
+    log(f"cam backbone: random initialisation (cam.backbone.pretrained is null); estimating the "
+        f"statistics of its {len(frozen_bns(model))} BN layers from {count} training images")
+    batch = [samples[i] for i in range(count)]
     x = torch.stack([b["image"] for b in batch]).to(device)
     m = torch.stack([b["context"] for b in batch]).to(device) if "context" in batch[0] else None
-    n = calibrate_bn_statistics(model, x, m)
-    log(f"cam backbone: random initialisation (cam.backbone.pretrained is null); "
-        f"statistics of its {n} BN layers estimated from {len(batch)} training images")
+    with counter(len(frozen_bns(model)), "cam BN statistics") as bar:
+        calibrate_bn_statistics(model, x, m, on_layer=bar.update)
 
 
 def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
@@ -210,19 +218,20 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     ensure_dataset(cfg.data, log=log)
     data = build_dataset(cfg.data, cfg.data.train_split)
+    data.tag_matrix()  # every tag now (and, when they come from masks, every mask checked against its image)
+    device = resolve_device(cfg.run.device)
+    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                         precision=Precision.from_run(cfg.run, device))
+    max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last, "cam.batch_size") * plan.epochs  # before any slow step
     context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
     meta = cam_meta(cfg.cam, data, context_at, context_module)
     model = build_cam_net(meta, context_module, cfg.cam.backbone.pretrained, log)
-    device = resolve_device(cfg.run.device)
     model.to(device)
     train_set = CamTrainSet(data, cfg.cam, cfg.run.seed, context_provider)
     if not cfg.cam.backbone.pretrained:
         _calibrate(model, train_set, device, log)
     optimizer = torch.optim.SGD(model.param_groups(cfg.cam.head_lr_mult), lr=cfg.cam.lr,
                                 momentum=cfg.cam.momentum, weight_decay=cfg.cam.weight_decay)
-    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                         precision=Precision.from_run(cfg.run, device))
-    max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last) * plan.epochs
     schedule = PolySchedule(optimizer, cfg.cam.lr, max_step, cfg.cam.poly_power)
     validate = None
     if cfg.data.val_splits:
@@ -300,6 +309,7 @@ def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     todo = pending(data.ids, lambda i: _map_path(paths, i).is_file())
     log(f"cam infer: {describe_todo(todo, data.ids)} ({cfg.data.infer_split} maps in {paths.cam_maps})")
     if todo:
+        data.tag_matrix()  # a bad tag source (or mask) fails before the model is loaded
         _write_maps(cfg, t, data, todo, context_provider, context_module, log)
     barrier()
     return paths.cam_maps
@@ -323,7 +333,7 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
 
     seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one, cfg.data.num_workers,
                             f"cam maps r{t}", pin_memory=device.type == "cuda")
-    log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({len(todo) / seconds:.1f} images/s"
+    log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({rate(len(todo), seconds)}"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
 
 

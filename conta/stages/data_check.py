@@ -1,12 +1,17 @@
-"""`conta data check` and `conta data prepare`: what a dataset root holds, what is missing, and the
-one-off derived files (tag caches, COCO masks) made before a long run rather than inside it.
+"""`conta data check` and `conta data prepare`: what a dataset root holds, what is missing or
+broken, and the one-off derived files (tag caches, COCO masks) made before a long run rather
+than inside it.
 
-The check reads and counts; it never stops at the first problem, so one run lists everything a
-user has to fetch. For COCO it builds (and caches) the per-split index, which needs pycocotools.
+The check never stops at the first problem, so one run lists everything a user has to fetch or
+fix. It decodes every image and mask of the splits it covers (in a process pool, with a progress
+bar): a truncated JPEG, an empty or RGB mask, a mask value outside the classes or a mask of
+another size than its image is reported by kind, with a count and the first paths. For COCO it
+builds (and caches) the per-split index, which needs pycocotools.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +20,18 @@ from conta.config import DataConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.coco import SPLITS as COCO_SPLITS
 from conta.data.coco import require_pycocotools
-from conta.data.voc import read_id_list
+from conta.data.integrity import FilePair, inspect_pair
+from conta.data.voc import VOC_CLASSES, VOCLayoutDataset, read_id_list
 from conta.data.voc12 import LIST_COUNTS, MASK_DIRS, list_candidates, missing_list_hint, resolve_voc_root
+from conta.engine.parallel import run_parallel
 from conta.errors import ContaError, DataError
 
-SHOWN = 3  # missing files named per folder
+SHOWN = 3  # files named per missing folder or per kind of broken file
 
 
 @dataclass
 class CheckReport:
-    """Lines to print; `problems` are what stops the pipeline (missing required files)."""
+    """Lines to print; `problems` are what stops the pipeline (missing or broken files)."""
 
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -33,13 +40,35 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def problem(self, text: str) -> None:
+    def problem(self, text: str, label: str = "MISSING") -> None:
         self.problems.append(text)
-        self.lines.append(f"  MISSING {text}")
+        self.lines.append(f"  {label} {text}")
 
     def text(self) -> str:
-        verdict = "OK: nothing required is missing" if self.ok else f"{len(self.problems)} problem(s): see MISSING above"
+        verdict = ("OK: nothing required is missing and every file decodes" if self.ok
+                   else f"{len(self.problems)} problem(s): see MISSING and BAD above")
         return "\n".join([*self.lines, verdict])
+
+
+FILES_PER_PROCESS = 200
+"""Fewest files worth a decoding process: starting one takes about as long as decoding 200 VOC pairs."""
+
+
+def decode_all(pairs: list[FilePair], workers: int, report: CheckReport) -> set[str]:
+    """Decode every pair, in up to `workers` processes, and report the findings by kind; returns
+    the paths found broken."""
+    workers = max(1, min(workers, len(pairs) // FILES_PER_PROCESS))
+    results = run_parallel(inspect_pair, pairs, workers, "data check: decoding", uses_torch=False)
+    images = sum(p.image is not None for p in pairs)
+    masks = sum(p.mask is not None for p in pairs)
+    report.lines.append(f"decoded {images} images and {masks} masks" + (f" in {workers} processes" if workers > 1 else ""))
+    by_kind: dict[str, list[tuple[str, str]]] = {}
+    for kind, path, detail in (f for found in results for f in found):
+        by_kind.setdefault(kind, []).append((path, detail))
+    for kind, files in by_kind.items():
+        first = "; ".join(f"{path} ({detail})" for path, detail in files[:SHOWN])
+        report.problem(f"{kind}: {len(files)} file{'s' if len(files) > 1 else ''} (first: {first})", label="BAD")
+    return {path for files in by_kind.values() for path, _ in files}
 
 
 def default_splits(data: DataConfig) -> list[str]:
@@ -54,16 +83,25 @@ def default_splits(data: DataConfig) -> list[str]:
     return list(dict.fromkeys([data.train_split, data.infer_split, data.eval_split, *data.val_splits]))
 
 
-def check_dataset(data: DataConfig, splits: list[str] | None = None) -> CheckReport:
+def check_dataset(data: DataConfig, splits: list[str] | None = None, workers: int | None = None) -> CheckReport:
+    """What the dataset holds and lacks for `splits`, every file decoded in `workers` processes
+    (default: one per CPU core)."""
     splits = splits or default_splits(data)
+    workers = workers or os.cpu_count() or 1
     report = CheckReport([f"dataset {data.dataset} at {Path(data.root).expanduser()}"])
+    pairs: dict[Path | None, FilePair] = {}
     if data.dataset == "voc12":
-        _check_voc12(data, splits, report)
-    else:
-        if data.dataset == "coco14":
-            _check_pycocotools(report)
-        for split in splits:
-            _check_split(data, split, report)
+        _check_voc12(data, splits, report, pairs)
+        decode_all(list(pairs.values()), workers, report)
+        return report
+    if data.dataset == "coco14":
+        _check_pycocotools(report)
+    built = [(split, dataset) for split in splits if (dataset := _build_split(data, split, report)) is not None]
+    for _, dataset in built:
+        pairs.update((p.image, p) for p in _dataset_pairs(dataset))
+    broken = decode_all(list(pairs.values()), workers, report)
+    for split, dataset in built:
+        _check_split(data, split, dataset, broken, report)
     return report
 
 
@@ -83,7 +121,7 @@ def _stems(folder: Path, suffix: str) -> set[str] | None:
     return {p.stem for p in folder.glob(f"*{suffix}")} if folder.is_dir() else None
 
 
-def _check_voc12(data: DataConfig, splits: list[str], report: CheckReport) -> None:
+def _check_voc12(data: DataConfig, splits: list[str], report: CheckReport, pairs: dict[Path | None, FilePair]) -> None:
     try:
         root = resolve_voc_root(data.root)
     except DataError as exc:
@@ -97,16 +135,26 @@ def _check_voc12(data: DataConfig, splits: list[str], report: CheckReport) -> No
     if folders["JPEGImages"] is None:
         report.problem(f"{root / 'JPEGImages'}: image folder (from VOCtrainval_11-May-2012.tar)")
     for split in splits:
-        _check_voc12_split(root, split, folders, report)
+        _check_voc12_split(root, split, folders, report, pairs)
 
 
-def _check_voc12_split(root: Path, split: str, folders: dict[str, set[str] | None], report: CheckReport) -> None:
+def _check_voc12_split(root: Path, split: str, folders: dict[str, set[str] | None], report: CheckReport,
+                       pairs: dict[Path | None, FilePair]) -> None:
     path = next((p for p in list_candidates(root, split) if p.is_file()), None)
     if path is None:
         report.problem(f"split {split}: no list in ImageSets/Segmentation/, ImageSets/SegmentationAug/ or the "
                        f"packaged lists; {missing_list_hint(split)}")
         return
-    ids = read_id_list(path)
+    try:
+        ids = read_id_list(path)
+    except DataError as exc:
+        report.problem(f"split {split}: {exc}", label="BAD")
+        return
+    for image_id in ids:
+        image = root / "JPEGImages" / f"{image_id}.jpg" if image_id in (folders["JPEGImages"] or ()) else None
+        mask = next((root / name / f"{image_id}.png" for name in MASK_DIRS if image_id in (folders[name] or ())), None)
+        if image is not None or mask is not None:
+            pairs.setdefault(image or mask, FilePair(image, mask, len(VOC_CLASSES)))
     expected = LIST_COUNTS.get(split)
     count = f"{len(ids)} ids" + ("" if expected in (None, len(ids)) else f" (the official list has {expected})")
     report.lines.append(f"split {split}: {count} from {path}")
@@ -158,9 +206,28 @@ def _check_pycocotools(report: CheckReport) -> None:
         report.problem(str(exc))
 
 
-def _check_split(data: DataConfig, split: str, report: CheckReport) -> None:
+def _build_split(data: DataConfig, split: str, report: CheckReport) -> VOCLayoutDataset | None:
     try:
-        dataset = build_dataset(data, split)
+        return build_dataset(data, split)
+    except ContaError as exc:
+        report.problem(f"split {split}: {exc}")
+        return None
+
+
+def _dataset_pairs(dataset: VOCLayoutDataset) -> list[FilePair]:
+    """Every image of a split with its mask where one exists (COCO: where one is cached)."""
+    return [FilePair(dataset.image_path(i), dataset.mask_path(i) if dataset.mask_path(i).is_file() else None,
+                     dataset.n_classes) for i in dataset.ids]
+
+
+def _check_split(data: DataConfig, split: str, dataset: VOCLayoutDataset, broken: set[str],
+                 report: CheckReport) -> None:
+    bad = [p for p in _dataset_pairs(dataset) if {str(p.image), str(p.mask)} & broken]
+    if bad:
+        report.lines.append(f"split {split}: {len(dataset)} images, {len(bad)} with a broken file (see BAD); "
+                            "tags not read")
+        return
+    try:
         dataset.tag_matrix()
     except ContaError as exc:
         report.problem(f"split {split}: {exc}")

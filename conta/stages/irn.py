@@ -28,12 +28,12 @@ from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError
 from conta.io import load_label_png
-from conta.models.cam_net import calibrate_bn_statistics
+from conta.models.cam_net import calibrate_bn_statistics, frozen_bns
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
 from conta.models.resnet import resnet
 from conta.models.weights import load_backbone_weights
 from conta.ops.path_index import PathIndex
-from conta.progress import progress
+from conta.progress import counter, progress
 from conta.stages.paths import read_metrics, round_paths, update_metrics
 
 CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
@@ -115,10 +115,13 @@ def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: 
     With the (0, 1) statistics of a fresh network its BNs do not normalise and the deeper
     stages' features are badly scaled; ImageNet weights bring their own statistics instead.
     """
-    images = torch.stack([samples[i]["image"] for i in range(min(len(samples), CALIBRATION_IMAGES))]).to(device)
-    n = calibrate_bn_statistics(model.backbone, images)
+    count = min(len(samples), CALIBRATION_IMAGES)
+    layers = len(frozen_bns(model.backbone))
     log(f"irn backbone: random initialisation (irn.backbone.pretrained is null); "
-        f"statistics of its {n} BN layers estimated from {len(images)} training crops")
+        f"estimating the statistics of its {layers} BN layers from {count} training crops")
+    images = torch.stack([samples[i]["image"] for i in range(count)]).to(device)
+    with counter(layers, "irn BN statistics") as bar:
+        calibrate_bn_statistics(model.backbone, images, on_layer=bar.update)
 
 
 def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[dict]:
@@ -142,6 +145,9 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
         raise ContaError(f"{paths.ir_label}: no seed labels for split {cfg.data.train_split}; run `conta ir-label` first")
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
+    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                         precision=Precision.from_run(cfg.run, device))
+    max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
     model = build_irn(cfg.irn, log=log).to(device)
     if not cfg.irn.backbone.pretrained:
@@ -152,9 +158,6 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     optimizer = torch.optim.SGD(
         groups, lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
     )
-    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                         precision=Precision.from_run(cfg.run, device))
-    max_step = steps_per_epoch(len(train_set), plan.batch_size, plan.drop_last) * plan.epochs
     schedule = PolySchedule(optimizer, cfg.irn.lr, max_step, cfg.irn.poly_power)
     grid = cfg.irn.crop_size // 4
     index = PathIndex(cfg.irn.radius, (grid, grid))

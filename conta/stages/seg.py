@@ -53,14 +53,15 @@ from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import DEEPLAB, format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
 from conta.models.convert import LOADABLE
-from conta.models.cam_net import calibrate_bn_statistics
+from conta.models.cam_net import calibrate_bn_statistics, frozen_bns
 from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.models.weights import load_backbone_weights
-from conta.progress import progress
-from conta.seg_predictor import (build_seg_model, load_seg_model, logits_to_probs, model_meta,
-                                 predict_logits, save_seg_model, trains_bn)
+from conta.progress import counter, progress, rate
+from conta.seg_predictor import (architecture_note, build_seg_model, load_seg_model, logits_to_probs,
+                                 model_meta, predict_logits, save_seg_model, trains_bn)
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
+from conta.stages.provenance import claim, made_by, model_identity
 
 Log = Callable[[str], None]
 
@@ -172,7 +173,8 @@ def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
         # frozen BN keeps a random net's identity statistics, so activations are badly scaled and
         # training from scratch stalls or diverges; estimate them from data instead
         images = sample_images()
-        n = calibrate_bn_statistics(model.base, images)
+        with counter(len(frozen_bns(model.base)), "seg BN statistics") as bar:
+            n = calibrate_bn_statistics(model.base, images, on_layer=bar.update)
         return f"seg.pretrained is null: random initialisation, {n} BN layers' statistics from {len(images)} training crops"
     if source_meta is not None:
         return load_converted(model, source)
@@ -227,7 +229,9 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
         model.load_state_dict(state["model"])
     else:
         def first_crops() -> torch.Tensor:  # the samples of the first iterations
-            return torch.stack([stream[k][0] for k in range(max(per_iteration, CALIBRATION_CROPS))])
+            count = max(per_iteration, CALIBRATION_CROPS)
+            log(f"seg train: estimating the BN statistics of a random trunk from {count} training crops")
+            return torch.stack([stream[k][0] for k in range(count)])
 
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
     start = int(state["iteration"]) if state is not None else 0
@@ -252,8 +256,11 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     if world_size() > 1:
         log(f"seg train: {world_size()} processes x {sampler.local} samples per iteration "
             f"(micro-batches of {micro} x {steps}{', BN synchronised over them' if synced else ''})")
+    # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
+    # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
+    # uninterrupted one
     loader = DataLoader(stream, batch_size=micro, num_workers=cfg.data.num_workers, sampler=sampler,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.run.seed))
     batches = iter(loader)
     upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
@@ -272,7 +279,7 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
                 logger.log_scalars(done, optimizer)
                 if bar.disable:
                     log(f"seg train: iteration {done}/{seg.iterations} loss {average:.4f} "
-                        f"lr {optimizer.param_groups[0]['lr']:.3g} ({(done - start) / (time.perf_counter() - started):.2f} it/s)")
+                        f"lr {optimizer.param_groups[0]['lr']:.3g} ({rate(done - start, time.perf_counter() - started, 'iteration')})")
             if done % seg.image_log_every == 0:
                 logger.log_image("train/image_pred_target", training_panel(images[0], outputs[-1][0], labels[0],
                                                                            seg.normalization), done)
@@ -385,7 +392,48 @@ def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None
     save_npz(path, logits=logits.numpy().astype(np.float16), size=np.asarray(size, np.int64))
 
 
-def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], model_path: Path,
+Segmenter = tuple[MSC, dict]
+
+
+class ModelOutputs:
+    """The folders a model's predictions go to, and the model, loaded only when there is work.
+
+    Each folder records the model file that filled it (`conta.stages.provenance`); one filled by
+    another file is emptied first, after the new file has loaded, so a bad --model-path errors
+    (one line naming it) before anything is touched, and the predictions of an earlier model are
+    never reported as this one's. A missing model file is an error even when no work is left.
+    """
+
+    def __init__(self, cfg: Config, t: int, model_path: Path | None, dataset: VOCLayoutDataset, log: Log) -> None:
+        self.cfg, self.dataset, self.log = cfg, dataset, log
+        self.path = Path(model_path) if model_path is not None else default_model_path(cfg, t)
+        self.identity = model_identity(self.path)
+        self._loaded: Segmenter | None = None
+
+    def claim(self, *folders: Path) -> None:
+        """Make `folders` this model's (collective: rank 0 empties stale ones while the others wait)."""
+        stale = [folder for folder in folders if not made_by(folder, self.identity)]
+        if stale:
+            self.load()
+            if is_main():
+                for folder in stale:
+                    claim(folder, self.identity, self.log)
+        barrier()
+
+    def load(self) -> Segmenter:
+        if self._loaded is None:
+            model, meta = load_seg_model(self.path, resolve_device(self.cfg.run.device))
+            if meta["n_classes"] != self.dataset.n_classes + 1:
+                raise ContaError(f"{self.path}: a model of {meta['n_classes']} classes cannot label a dataset "
+                                 f"of {self.dataset.n_classes + 1} (background included)")
+            note = architecture_note(self.path, meta, self.cfg.seg)
+            if note:
+                self.log(f"seg: {note}")
+            self._loaded = model, meta
+        return self._loaded
+
+
+def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], segmenter: Segmenter,
                       pred_dir: Path, logit_dir: Path | None, desc: str) -> None:
     """Whole-image MSC inference for `ids`: palette PNGs into `pred_dir`, logits into `logit_dir` if given.
 
@@ -394,11 +442,8 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], mo
     """
     device = resolve_device(cfg.run.device)
     precision = Precision.from_run(cfg.run, device)
-    model, meta = load_seg_model(model_path, device)
+    model, meta = segmenter
     precision.model(model)
-    if meta["n_classes"] != dataset.n_classes + 1:
-        raise ContaError(f"{model_path}: a model of {meta['n_classes']} classes cannot label a dataset "
-                         f"of {dataset.n_classes + 1} (background included)")
 
     def infer_one(image_id: str, image: np.ndarray) -> WriteJob:
         with precision.autocast():
@@ -420,19 +465,22 @@ def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_l
     """Predict every image of `split`; score them when the split has masks (metrics `seg_<split>`).
 
     Works on splits without ground truth too (the next round's training images). Images whose
-    outputs exist are skipped. Returns the scores, or {} without ground truth. Under torchrun each
-    rank predicts its shard and the confusion counts are summed over the ranks.
+    outputs exist are skipped, if the same model file made them (else they are made again).
+    Returns the scores, or {} without ground truth. Under torchrun each rank predicts its shard
+    and the confusion counts are summed over the ranks.
     """
     log = main_only(log)
     paths = round_paths(cfg, t)
     ensure_dataset(cfg.data, log=log)
     dataset = build_dataset(cfg.data, split)
+    outputs = ModelOutputs(cfg, t, model_path, dataset, log)
     pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
+    outputs.claim(pred_dir, *([logit_dir] if keep_logits else []))
     todo = pending(dataset.ids, lambda i: (pred_dir / f"{i}.png").is_file()
                    and (not keep_logits or (logit_dir / f"{i}.npz").is_file()))
     if todo:
-        write_predictions(cfg, dataset, todo, Path(model_path or default_model_path(cfg, t)), pred_dir,
-                          logit_dir if keep_logits else None, f"seg test {split}")
+        write_predictions(cfg, dataset, todo, outputs.load(), pred_dir, logit_dir if keep_logits else None,
+                          f"seg test {split}")
     barrier()
     return _score(paths, dataset, pred_dir, f"seg_{split}", log)
 
@@ -450,11 +498,13 @@ def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers
     paths = round_paths(cfg, t)
     ensure_dataset(cfg.data, log=log)
     dataset = build_dataset(cfg.data, split)
+    outputs = ModelOutputs(cfg, t, model_path, dataset, log)
     logit_dir, out_dir = paths.seg_logits(split), paths.seg_pred(f"{split}_crf")
+    outputs.claim(logit_dir, paths.seg_pred(split), out_dir)
     missing = pending(dataset.ids, lambda i: (logit_dir / f"{i}.npz").is_file())
     if missing:
-        write_predictions(cfg, dataset, missing, Path(model_path or default_model_path(cfg, t)),
-                          paths.seg_pred(split), logit_dir, f"seg logits {split}")
+        write_predictions(cfg, dataset, missing, outputs.load(), paths.seg_pred(split), logit_dir,
+                          f"seg logits {split}")
     jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", out_dir / f"{i}.png", cfg.seg.crf)
             for i in pending(dataset.ids, lambda i: (out_dir / f"{i}.png").is_file())]
     run_parallel(_crf_job, jobs, workers or max(1, (os.cpu_count() or 1) // local_world_size()), f"seg crf {split}")
