@@ -191,7 +191,7 @@ class CamConfig:
     lr: float = 0.1
     head_lr_mult: float = 10.0
     weight_decay: float = 1e-4
-    momentum: float = 0.0                # the reference's effective value (spec 2.4): see docs
+    momentum: float = 0.0                # the reference's effective value: see docs
     poly_power: float = 0.9
     crop_size: int = 512
     resize_long: list[int] = field(default_factory=lambda: [320, 640])

@@ -1,4 +1,4 @@
-"""IRN network (spec 4.1, 4.7) and its losses (spec 4.4-4.5) on a narrow backbone and tiny cases."""
+"""IRN network and its losses on a narrow backbone and tiny cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Path indices (spec 4.2) and path affinities (spec 4.3) on hand-made boundary maps."""
+"""Path indices and path affinities on hand-made boundary maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stencil random walk equals the reference's dense definition (spec 5), step count included."""
+"""The stencil random walk equals the reference's dense definition, step count included."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A small TensorBoard logger for training loops (replaces deeplab-pytorch's torchnet meter).
 
-It logs what spec 7.10 logs: a moving-average training loss, the learning rate of every
+It logs what deeplab-pytorch logs: a moving-average training loss, the learning rate of every
 optimizer group, and image panels, and it can be resumed (the loss window is part of its state,
 and events past the resume step are purged so a crash leaves no duplicate curve segments).
 """

@@ -1,7 +1,7 @@
 """The multi-label classifier whose class activation maps seed the pipeline (IRNet's resnet50_cam),
 with the optional context input that CONTA's intervened classifier needs.
 
-Baseline (spec 2.1-2.3): a stride-16 ResNet, global average pooling and a bias-free 1x1 conv.
+Baseline: a stride-16 ResNet, global average pooling and a bias-free 1x1 conv.
 IRNet's freezing is kept: the stem, layer1 and layer2 never learn (their parameters have
 `requires_grad=False` and layer2's output is detached), every BN normalises with its running
 statistics, and only layer3, layer4 (convs and BN affine) and the classifier train.

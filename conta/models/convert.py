@@ -12,7 +12,7 @@ Both record `stride_in_1x1` (Caffe/MSRA ResNets stride in the first 1x1 of a blo
 the 3x3: same shapes, different network, so the segmenter must be built to match) and
 `normalization: caffe` (BGR, mean subtraction only), plus arch and width inferred from the tensors.
 
-Name mapping (spec 7.6): conv1 / bn_conv1 + scale_conv1 -> conv1 / bn1;
+Name mapping: conv1 / bn_conv1 + scale_conv1 -> conv1 / bn1;
 res{L}{a,b,c | a,b1..b22}_branch{1,2a,2b,2c} and bn/scale twins -> layer{L-1}.{block}.{downsample.0,
 conv1, conv2, conv3} and {downsample.1, bn1, bn2, bn3}; fc1_<name>_c{k} -> ASPP branch k.
 Caffe BatchNorm stores mean and variance multiplied by a scale factor (its third blob), so both

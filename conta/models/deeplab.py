@@ -1,7 +1,7 @@
-"""DeepLab v2 (spec 7.1-7.4), v3 and v3+: dilated ResNets, ASPP, multi-scale max fusion.
+"""DeepLab v2, v3 and v3+: dilated ResNets, ASPP, multi-scale max fusion.
 
-v2: output stride 8, an ASPP of summed dilated classifiers. Fixes over deeplab-pytorch (spec 9
-#12): BN is frozen by construction (running statistics, requires_grad=False, and `train()` keeps
+v2: output stride 8, an ASPP of summed dilated classifiers. Fixes over deeplab-pytorch: BN is
+frozen by construction (running statistics, requires_grad=False, and `train()` keeps
 BN modules in eval), so calling `.train()` again cannot unfreeze it.
 
 v3 (Chen et al. 2017) and v3+ (Chen et al. 2018): output stride 16 or 8, an ASPP of
@@ -235,7 +235,7 @@ DeepLabV3Plus-Pytorch's 0.1x trunk is the same ratio)."""
 
 
 def deeplab_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """SGD groups. v2 (spec 7.4): backbone convs 1x, ASPP weights 10x, ASPP biases 20x without
+    """SGD groups. v2: backbone convs 1x, ASPP weights 10x, ASPP biases 20x without
     decay; BN parameters are in no group (BN is frozen). v3/v3+: every trunk parameter 1x, every
     head parameter (ASPP, decoder, classifier) 10x, all with weight decay, as the references do.
 

@@ -1,4 +1,4 @@
-"""IRNet's inter-pixel relation network: class boundaries + instance displacements (spec 4).
+"""IRNet's inter-pixel relation network: class boundaries + instance displacements.
 
 A frozen backbone feeds two light branches at stride 4. Training compares path affinities
 (1 - max boundary on the path) and displacement differences with labels derived from the
@@ -158,7 +158,7 @@ def infer_boundary_displacement(model: IRN, image: Tensor, crop_size: int) -> tu
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses (spec 4.4-4.5)
+# Losses
 
 
 def affinity_labels(labels: Tensor, index: PathIndex, n_classes: int | None = None) -> tuple[Tensor, Tensor, Tensor]:

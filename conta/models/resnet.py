@@ -1,8 +1,8 @@
 """ResNet backbones with torchvision key names, configurable strides/dilations and frozen-statistics BN.
 
 One class serves all the references: IRNet's classifier and IRN (torchvision layout, strides
-(2, 2, 2, 1), no dilation; spec 2.1, 4.1), DeepLab v2 (strides (2, 2, 1, 1), dilations
-(1, 1, 2, 4), ceil-mode max-pool, optionally the MSRA stride-in-1x1 layout; spec 7.1) and DeepLab
+(2, 2, 2, 1), no dilation), DeepLab v2 (strides (2, 2, 1, 1), dilations
+(1, 1, 2, 4), ceil-mode max-pool, optionally the MSRA stride-in-1x1 layout) and DeepLab
 v3/v3+ (output stride 16 or 8, optionally multi-grid, BN made trainable by `convert_batchnorm`).
 Keeping torchvision's key names lets ImageNet checkpoints load strictly (`conta.models.weights`).
 

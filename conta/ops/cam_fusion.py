@@ -1,4 +1,4 @@
-"""Multi-scale + flip CAM inference and the CAM normalisation shared by every consumer (spec 2.6).
+"""Multi-scale + flip CAM inference and the CAM normalisation shared by every consumer.
 
 The inputs are the image at each scale, already resized and normalised (the CAM stage does it as
 IRNet does: PIL bicubic on the uint8 image, then normalisation).

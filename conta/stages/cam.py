@@ -1,4 +1,4 @@
-"""Stage 1: the CAM classifier, IRNet's train_cam / make_cam / eval_cam (spec 2).
+"""Stage 1: the CAM classifier, IRNet's train_cam / make_cam / eval_cam.
 
     round_<t>/cam/checkpoint.pt   whole training state after every epoch (resume)
     round_<t>/cam/model.pt        {"model": weights, "meta": how to rebuild the network}
@@ -9,8 +9,7 @@
 
 Optimiser: SGD with an explicit momentum (cam.momentum). IRNet's PolyOptimizer passed its weight
 decay in SGD's positional momentum slot, so the published IRNet and CONTA numbers were produced
-with momentum 1e-4, in effect none: the default 0.0 reproduces them, 0.9 is the textbook value
-(spec 2.4, 9 #1).
+with momentum 1e-4, in effect none: the default 0.0 reproduces them, 0.9 is the textbook value.
 
 Context (CONTA rounds t >= 1): `context_provider(image_id)` returns the image's context input,
 an hc x wc float32 map (e.g. the previous round's foreground X_m; it is also asked for validation
@@ -115,7 +114,7 @@ def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> C
 
 
 class CamTrainSet(EpochAugmented):
-    """Augmented training samples (spec 2.5): random long side in [lo, hi] (bicubic), ImageNet
+    """Augmented training samples: random long side in [lo, hi] (bicubic), ImageNet
     normalisation, horizontal flip, random crop padded with 0. Every random choice comes from
     (seed, epoch, index), so training resumes exactly."""
 

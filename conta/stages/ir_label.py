@@ -1,4 +1,4 @@
-"""Stage 2: seed (IR) labels from the CAMs, IRNet's cam_to_ir_label (spec 3).
+"""Stage 2: seed (IR) labels from the CAMs, IRNet's cam_to_ir_label.
 
 A high threshold (fg_threshold) keeps only confident foreground and a low one (bg_threshold) only
 confident background; both maps are snapped to image edges by a dense CRF on the raw picture.

@@ -1,4 +1,4 @@
-"""Stage 3: train the inter-pixel relation network on the seed labels (IRNet's train_irn, spec 4).
+"""Stage 3: train the inter-pixel relation network on the seed labels (IRNet's train_irn).
 
 The IRN gets its own ImageNet backbone (not the classifier's), frozen; only the boundary and
 displacement branches learn, from pixel pairs whose seeds agree (same class = high affinity,

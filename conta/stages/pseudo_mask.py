@@ -1,4 +1,4 @@
-"""Stage 4: pseudo-masks by a random walk of the CAMs on IRN boundaries (IRNet's make_sem_seg_labels, spec 5).
+"""Stage 4: pseudo-masks by a random walk of the CAMs on IRN boundaries (IRNet's make_sem_seg_labels).
 
 The CAM is sharp where it fires but incomplete; the walk spreads each class's score within the
 regions the IRN's boundaries enclose, so masks fill objects without crossing into neighbours.
