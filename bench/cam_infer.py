@@ -10,7 +10,8 @@ statistics make activations overflow in fp16 and underflow into slow subnormals 
 The whole stage is timed as a user runs it: decoding in data.num_workers DataLoader workers,
 the forward passes (each scale with its flip in one batch), and the background npz writer.
 Throughput is images/s over all processes; the stage ends at a barrier, so it includes the
-slowest shard.
+slowest shard. CPU seconds per image are rank 0's process time (its threads, not its loader
+workers) over its images: on a shared machine the steadier figure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from _common import add_config_args, bench_run, describe, peak_memory, reset_peak_memory
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.transforms import normalize, to_chw
-from conta.engine.distributed import barrier, is_main
+from conta.engine.distributed import barrier, is_main, shard
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.stages import cam
 from conta.stages.paths import round_paths
@@ -48,16 +49,17 @@ def main() -> None:
             cam.save_cam_net(model_path, model, meta)
         barrier()
         reset_peak_memory(device)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         cam.infer(cfg, 0, log=lambda _: None)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
         if is_main():
             scales = ", ".join(f"{s:g}" for s in cfg.cam.scales)
             print(describe(cfg, device))
             print(f"cam infer: {len(data)} images of {cfg.data.synth.image_size} px, {cfg.cam.backbone.arch} "
                   f"width {cfg.cam.backbone.width}, scales [{scales}] flip {cfg.cam.flip}, "
                   f"{cfg.data.num_workers} loader workers")
-            print(f"  {seconds:.2f} s, {len(data) / seconds:.2f} images/s, peak {peak_memory(device)}")
+            print(f"  {seconds:.2f} s, {len(data) / seconds:.2f} images/s, {cpu / len(shard(data.ids)):.4f} CPU s per image "
+                  f"(this process), peak {peak_memory(device)}")
 
 
 if __name__ == "__main__":
