@@ -49,6 +49,35 @@ def test_stride_in_1x1_moves_the_stride() -> None:
     assert tv.state_dict().keys() == msra.state_dict().keys()
 
 
+def _out_of_place(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's function written as relu(residual + shortcut), allocating every intermediate."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = torch.relu(block.bn1(block.conv1(x)))
+    if hasattr(block, "conv3"):
+        out = torch.relu(block.bn2(block.conv2(out)))
+        return torch.relu(block.bn3(block.conv3(out)) + identity)
+    return torch.relu(block.bn2(block.conv2(out)) + identity)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_in_place_residual_is_bit_identical_forward_and_backward(arch: str) -> None:
+    """The in-place add and ReLU (torchvision's) must compute exactly the out-of-place function,
+    gradients included, and leave the block's input untouched."""
+    model = resnet(arch, width=4)
+    for m in model.modules():  # non-trivial BN so that every term matters
+        if isinstance(m, FrozenStatsBatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    for block in (model.layer1[1], model.layer2[0]):  # identity and projection shortcuts
+        x = torch.randn(2, block.conv1.in_channels, 9, 11)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours, ref = block(x1), _out_of_place(block, x2)
+        assert torch.equal(ours, ref) and torch.equal(x1.detach(), x)
+        g = torch.randn_like(ours)
+        grads = [torch.autograd.grad(y, [xi, *block.parameters()], g) for y, xi in ((ours, x1), (ref, x2))]
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 def _expected_tensor_count(layers: tuple[int, ...]) -> int:
     """Bottleneck ResNet without fc: every conv has 1 tensor, every BN 5, one projection per layer."""
     conv_bn = 1 + 5
