@@ -108,6 +108,17 @@ def test_inference_pads_to_the_crop_flips_and_crops(model: IRN) -> None:
     assert torch.allclose(boundary, boundary.flip(-1), atol=1e-5)     # flip averaging is symmetric
 
 
+def test_inference_without_displacement_skips_the_branch(model: IRN) -> None:
+    """The random walk reads only boundaries: displacement=False must not run that branch."""
+    calls = []
+    model.displacement_head.register_forward_hook(lambda *_: calls.append(1))
+    image = torch.randn(3, 37, 45)
+    boundary, displacement = infer_boundary_displacement(model, image, crop_size=48)
+    assert len(calls) == 1 and displacement is not None
+    lean, none = infer_boundary_displacement(model, image, crop_size=48, displacement=False)
+    assert len(calls) == 1 and none is None and torch.equal(lean, boundary)
+
+
 def test_pair_labels() -> None:
     index = PathIndex(5, (8, 12))
     labels = torch.zeros(1, 8, 12, dtype=torch.long)

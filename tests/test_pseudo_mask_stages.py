@@ -167,7 +167,8 @@ def test_irn_training_resumes_to_the_same_weights(tiny_voc, tmp_path: Path, monk
 
 
 def _walk_mask(boundary: torch.Tensor, cam: np.ndarray, monkeypatch) -> np.ndarray:
-    monkeypatch.setattr(pm, "infer_boundary_displacement", lambda model, image, crop_size: (boundary, None))
+    monkeypatch.setattr(pm, "infer_boundary_displacement",
+                        lambda model, image, crop_size, displacement=True: (boundary, None))
     h, w = boundary.shape
     record = CamRecord(keys=np.array([1]), cam=cam)
     cfg = PseudoMaskConfig(radius=3, exp_times=6, bg_threshold=0.25)

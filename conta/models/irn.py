@@ -109,12 +109,13 @@ class IRN(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B, 3, H, W) with H, W multiples of 16 -> boundary logits (B, 1, H/4, W/4), displacement (B, 2, H/4, W/4) or None."""
+    def forward(self, x: Tensor, displacement: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(B, 3, H, W) with H, W multiples of 16 -> boundary logits (B, 1, H/4, W/4), displacement
+        (B, 2, H/4, W/4), or None without the branch or with `displacement=False` (which skips it)."""
         with torch.no_grad():
             feats = [f.detach() for f in self.backbone.forward_stages(x)]
         boundary = self.boundary_head(feats)
-        if self.displacement_head is None:
+        if self.displacement_head is None or not displacement:
             return boundary, None
         displacement = self.displacement_head(feats)
         if not self.training:
@@ -130,8 +131,10 @@ def inference_size(height: int, width: int, crop_size: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def infer_boundary_displacement(model: IRN, image: Tensor, crop_size: int) -> tuple[Tensor, Tensor | None]:
-    """Boundary (h, w) in [0, 1] and displacement (2, h, w) (None without the branch) for one
+def infer_boundary_displacement(model: IRN, image: Tensor, crop_size: int,
+                                displacement: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Boundary (h, w) in [0, 1] and displacement (2, h, w) (None without the branch, or with
+    `displacement=False`, which skips it: the random walk reads only the boundary) for one
     normalised image (3, H, W), from an IRN trained on `crop_size` crops.
 
     h, w = ceil(H/4), ceil(W/4). The image and its mirror are zero-padded right/bottom to
@@ -149,12 +152,12 @@ def infer_boundary_displacement(model: IRN, image: Tensor, crop_size: int) -> tu
     was_training = model.training
     model.eval()
     try:
-        logits, displacement = model(batch)
+        logits, shifts = model(batch, displacement)
     finally:
         model.train(was_training)
     logits = logits[:, 0, :h, :w]
     boundary = torch.sigmoid(0.5 * logits[0] + 0.5 * logits[1].flip(-1))
-    return boundary, None if displacement is None else displacement[0, :, :h, :w]
+    return boundary, None if shifts is None else shifts[0, :, :h, :w]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMas
     size = image.shape[:2]
     if len(record.keys) == 0:
         return np.zeros(size, np.uint8)
-    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size)
+    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size, displacement=False)
     walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times)
     scores = upsample_cam(walked, size)
     scores = (scores / scores.max().clamp_min(1e-5)).cpu().numpy()
