@@ -1,4 +1,5 @@
-"""The stencil random walk equals the reference's dense definition, step count included."""
+"""The stencil random walk equals the reference's dense definition, step count included:
+exactly in float64, within a stated tolerance in float32, with either step schedule."""
 
 from __future__ import annotations
 
@@ -42,21 +43,35 @@ def _inputs(k: int, h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return torch.rand(k, h, w, generator=gen), torch.rand(h, w, generator=gen) ** 3
 
 
+def _assert_close_to_max(ours: torch.Tensor, ref: np.ndarray, tol: float) -> None:
+    """|ours - ref| <= tol * max |ref| everywhere: the float32 walk's error scale. Pseudo-masks
+    divide by the map's maximum, so that is the error that can move a label."""
+    err = np.abs(ours.double().numpy() - ref).max() / np.abs(ref).max()
+    assert err <= tol, f"max error {err:.2e} of the maximum > {tol:.0e}"
+
+
+SCHEDULES = pytest.mark.parametrize("batched", [False, True], ids=["taps", "batched"])
+
+
+@SCHEDULES
 @pytest.mark.parametrize("exp_times", [0, 1, 2, 3])
 @pytest.mark.parametrize("size", [(5, 6), (7, 9)])
-def test_matches_dense_few_steps(size: tuple[int, int], exp_times: int) -> None:
+def test_matches_dense_few_steps(size: tuple[int, int], exp_times: int, batched: bool) -> None:
     cams, boundary = _inputs(3, *size, seed=exp_times)
-    ours = propagate(cams, boundary, radius=5, beta=10.0, exp_times=exp_times)
+    ours = propagate(cams, boundary, radius=5, beta=10.0, exp_times=exp_times, batched=batched)
     ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), 5, 10.0, exp_times)
-    np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-5, atol=1e-6)
+    _assert_close_to_max(ours, ref, 1e-5)                  # float32: measured <= 7e-7 here
 
 
+@SCHEDULES
 @pytest.mark.parametrize("radius,beta", [(5, 10.0), (3, 2.5)])
-def test_matches_dense_default_steps(radius: int, beta: float) -> None:
+def test_matches_dense_default_steps(radius: int, beta: float, batched: bool) -> None:
+    """256 float32 steps: rounding accumulates to ~4e-5 of the maximum here (2e-4 at 125 x 94)."""
     cams, boundary = _inputs(2, 12, 10, seed=7)
-    ours = propagate(cams, boundary, radius=radius, beta=beta)
+    ours = propagate(cams, boundary, radius=radius, beta=beta, batched=batched)
+    assert ours.dtype == torch.float32
     ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), radius, beta, 8)
-    np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-5, atol=1e-6)
+    _assert_close_to_max(ours, ref, 1e-4)
 
 
 def test_half_precision_cams_come_back_float32() -> None:
@@ -66,9 +81,10 @@ def test_half_precision_cams_come_back_float32() -> None:
     assert torch.allclose(out, propagate(cams.half().float(), boundary, exp_times=2))
 
 
-def test_float64_in_float64_out_exact() -> None:
+@SCHEDULES
+def test_float64_in_float64_out_exact(batched: bool) -> None:
     cams, boundary = _inputs(2, 6, 8, seed=3)
-    ours = propagate(cams.double(), boundary.double(), exp_times=4)
+    ours = propagate(cams.double(), boundary.double(), exp_times=4, batched=batched)
     assert ours.dtype == torch.float64 and ours.is_contiguous()
     ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), 5, 10.0, 4)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
