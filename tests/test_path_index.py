@@ -96,6 +96,29 @@ def test_gradient_matches_the_max_over_the_path() -> None:
     assert torch.allclose(ours, boundary.grad)
 
 
+@pytest.mark.parametrize("radius", [5, 10])
+def test_gradient_goes_to_every_tied_maximum(radius: int) -> None:
+    """Where several path points hold the max (a saturated sigmoid: here a flat band), each of
+    them gets the pair's whole gradient, as in a running max over the path."""
+    index = PathIndex(radius, (2 * radius + 2, 2 * radius + 4))
+    gen = torch.Generator().manual_seed(1)
+    boundary = torch.rand(2, *index.grid_size, generator=gen)
+    boundary[:, 2:5] = 0.9                                   # ties on every path through the band
+    weights = torch.rand(2, index.n_offsets, index.n_src, generator=gen)
+    x = boundary.clone().requires_grad_()
+    (path_affinity(x, index) * weights).sum().backward()
+    expected = torch.zeros(2, boundary[0].numel(), dtype=torch.float64)
+    flat = boundary.reshape(2, -1)
+    for group in index.groups:
+        cells = index.group_indices(group)                                     # (n, length, n_src)
+        values = flat[:, cells]
+        hit = values == values.amax(dim=2, keepdim=True)
+        share = torch.where(hit, -weights[:, group.offsets, None].double(), 0.0)
+        expected.scatter_add_(1, cells.reshape(1, -1).expand(2, -1), share.reshape(2, -1))
+    assert torch.allclose(x.grad.double(), expected.reshape(boundary.shape), rtol=1e-5)
+    assert (expected != 0).sum() > 0
+
+
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="too small"):
         PathIndex(10, (9, 40))
