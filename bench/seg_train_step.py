@@ -62,20 +62,21 @@ def main() -> None:
         def run(its: range) -> None:
             for it in its:
                 schedule.apply(it)
-                train_step(net, optimizer, scaler, batches, accumulate, device, it, precision, upsample=trains_bn(meta))
+                train_step(net, optimizer, scaler, batches, accumulate, device, precision, upsample=trains_bn(meta))
 
         run(range(args.warmup))
         reset_peak_memory(device)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         run(range(args.warmup, iterations))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
         if is_main():
             print(describe(cfg, device))
             print(f"seg train step: {seg.arch} width {seg.width}, crop {seg.crop_size}, MSC scales {seg.msc_scales}, "
                   f"{seg.batch_size} x {seg.iter_size} crops per iteration ({micro} x {accumulate} per process)")
-            print(f"  {args.steps} iterations in {seconds:.2f} s: {seconds / args.steps:.3f} s/iteration, "
+            print(f"  {args.steps} iterations in {seconds:.2f} s: {seconds / args.steps:.3f} s/iteration "
+                  f"({cpu / args.steps:.4f} CPU s), "
                   f"{args.steps * per_iteration / seconds:.2f} images/s, peak {peak_memory(device)}")
 
 

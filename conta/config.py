@@ -202,9 +202,10 @@ class CamConfig:
     # full-resolution CAMs (evaluation, seeds): "direct" fuses each scale's map at full size and
     # stores it (IRNet); "upsampled" derives them from the stride-4 CAM and stores nothing more
     high_res: Literal["direct", "upsampled"] = "direct"
+    log_every: int = 20                  # training steps between loss read-backs (progress bar, NaN check)
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "epochs", "lr")
+        _positive(self, key, "batch_size", "epochs", "lr", "log_every")
         _side(self, key, "crop_size")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
@@ -274,9 +275,10 @@ class IrnConfig:
     # The displacement branch feeds only IRNet's instance step, which CONTA skips; false leaves it
     # out (the boundaries, hence the pseudo-masks, do not depend on it) and saves its cost.
     displacement: bool = True
+    log_every: int = 20                  # training steps between loss read-backs (progress bar, NaN check)
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "epochs", "lr", "radius")
+        _positive(self, key, "batch_size", "epochs", "lr", "radius", "log_every")
         _side(self, key, "crop_size")
         _check(0 <= self.momentum < 1, f"{key}.momentum", "must be in [0, 1)")
         _check(len(self.scale_range) == 2 and self.scale_range[0] <= self.scale_range[1], f"{key}.scale_range", "must be [min, max]")

@@ -49,7 +49,7 @@ def one_step(images: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torc
     net = wrap_ddp(model, device)
     optimizer, schedule = build_optimizer(model, seg)
     schedule.apply(0)
-    train_step(net, optimizer, Precision().scaler(), iter([(images, labels)]), 1, device, 0, upsample=True)
+    train_step(net, optimizer, Precision().scaler(), iter([(images, labels)]), 1, device, upsample=True)
     return model.state_dict(), sum(isinstance(m, GlooSyncBatchNorm) for m in model.modules())
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from conta.engine import loop
 from conta.engine.checkpoint import load_checkpoint, load_model_weights, restore_rng, save_checkpoint
+from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor
 from conta.errors import ConfigError, ContaError
@@ -145,6 +147,57 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     _train_step(resumed, resumed_opt)
     for key, value in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
+
+
+class _Points(EpochAugmented):
+    """Ten seeded (x, y) samples; the epoch's noise comes from (seed, epoch, index)."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(self.sample_rng(index).normal(size=3).astype(np.float32))
+        return {"x": x, "y": x.sum(dim=0, keepdim=True)}
+
+
+def _fit(tmp_path: Path, log_every: int, loss_fn=None) -> tuple[list[dict], nn.Module]:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def mse(net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        error = net(batch["x"]) - batch["y"]
+        return error.pow(2).mean(), {"abs": error.abs().mean()}
+
+    plan = EpochTraining(epochs=2, batch_size=2, log_every=log_every)
+    history = train_epochs(model, opt, PolySchedule(opt, 0.05, 10), _Points(seed=1), loss_fn or mse, plan,
+                           tmp_path / f"every{log_every}.pt", torch.device("cpu"), "fit", log=lambda _: None)
+    return history, model
+
+
+def test_losses_read_back_every_log_every_steps_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferring the per-step read-back (a host sync on a GPU) must leave history and weights as
+    they were, and reduce the collectives to one per log_every steps (+ one per epoch)."""
+    every_step, stepwise = _fit(tmp_path, log_every=1)
+    calls = []
+    monkeypatch.setattr(loop, "all_reduce_sum", lambda array: calls.append(len(array)) or array)
+    every_five, deferred = _fit(tmp_path, log_every=5)
+    assert every_five == every_step and set(every_step[0]) == {"epoch", "step", "train_loss", "train_abs"}
+    assert all(torch.equal(a, b) for a, b in zip(stepwise.parameters(), deferred.parameters()))
+    assert calls == [5, 3] * 2                      # 5 steps' losses, then the epoch's (count, loss, abs)
+
+
+def test_a_non_finite_loss_names_its_step(tmp_path: Path) -> None:
+    calls = []
+
+    def blows_up(net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        calls.append(1)
+        loss = net(batch["x"]).pow(2).mean()
+        return (loss * float("nan") if len(calls) == 3 else loss), {}
+
+    with pytest.raises(ContaError, match=r"fit: loss is nan at step 2 \(epoch 1\)"):
+        _fit(tmp_path, log_every=4, loss_fn=blows_up)
+    assert len(calls) == 4                          # found at the read-back after step 4
 
 
 def test_restore_rng_replays_the_random_stream(tmp_path: Path) -> None:

@@ -390,11 +390,11 @@ def test_v3_loss_compares_logits_upsampled_to_the_crop() -> None:
     images, labels = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     labels[0, :5] = IGNORE_INDEX
     torch.manual_seed(5)  # the same dropout masks in both passes
-    total, (_, _, outputs) = seg._accumulate(model, iter([(images, labels)]), 1, torch.device("cpu"), upsample=True)
+    losses, (_, _, outputs) = seg._accumulate(model, iter([(images, labels)]), 1, torch.device("cpu"), upsample=True)
     assert outputs[0].shape[-1] == 3  # logits at /16
     torch.manual_seed(5)
     logits = F.interpolate(model(images)[0], size=(33, 33), mode="bilinear", align_corners=False)
-    assert total == pytest.approx(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX).item(), rel=1e-5)
+    assert sum(losses).item() == pytest.approx(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX).item(), rel=1e-5)
 
 
 def test_sync_bn_switch_and_the_two_image_minimum(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,8 +31,46 @@ from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError
 from conta.progress import progress
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class LossBuffer:
+    """The loss tensors of the last steps, read back to the host only when `flush`ed.
+
+    Reading a loss every step (`.item()`, or an all-reduce of it as a number) makes the host wait
+    for the device to finish that step, so it cannot queue the next one meanwhile; the loops
+    flush every `log_every` steps: one synchronisation and one all-reduce for all of them. The
+    values are the floats `.item()` gives, so logs and histories do not change.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[int, list[torch.Tensor], Any]] = []
+
+    def add(self, step: int, values: list[torch.Tensor], meta: Any = None) -> None:
+        """Keep one step's 0-d tensors (and anything the caller needs back with them)."""
+        self._steps.append((step, [v.detach() for v in values], meta))
+
+    def flush(self, head: Callable[[list[float]], float],
+              error: Callable[[int, float], str]) -> list[tuple[int, list[float], Any, float]]:
+        """(step, values, meta, mean over ranks of head(values)) for every kept step, in order.
+
+        Collective under torchrun (every rank flushes at the same steps); raises
+        ContaError(error(step, mean)) at the first step whose mean is not finite, on every rank.
+        """
+        steps, self._steps = self._steps, []
+        if not steps:
+            return []
+        flat = torch.stack([v.to(torch.float64) for _, values, _ in steps for v in values]).tolist()
+        floats, start = [], 0
+        for _, values, _ in steps:
+            floats.append(flat[start: start + len(values)])
+            start += len(values)
+        means = all_reduce_sum(np.array([head(v) for v in floats], dtype=np.float64)) / world_size()
+        for (step, _, _), mean in zip(steps, means):
+            if not math.isfinite(mean):
+                raise ContaError(error(step, float(mean)))
+        return [(step, v, meta, float(mean)) for (step, _, meta), v, mean in zip(steps, floats, means)]
 
 
 
@@ -59,6 +97,7 @@ class EpochTraining:
     drop_last: bool = True
     precision: Precision = field(default_factory=Precision)
     history: list[dict[str, Any]] = field(default_factory=list)
+    log_every: int = 1                   # steps between loss read-backs (and NaN checks)
 
 
 def steps_per_epoch(n_samples: int, batch_size: int, drop_last: bool = True, key: str = "the batch size") -> int:
@@ -115,6 +154,19 @@ def train_epochs(
         net.train()
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
+        pending = LossBuffer()
+
+        def read_back() -> None:  # every rank sees the same means, so all stop together on NaN
+            flushed = pending.flush(head=lambda values: values[0],
+                                    error=lambda at, loss: f"{desc}: loss is {loss} at step {at} (epoch {epoch + 1}); "
+                                                           "lower the learning rate or check the data")
+            for _, values, (names, n), _ in flushed:
+                for key, value in zip(names, values):
+                    totals[key] = totals.get(key, 0.0) + value * n
+            if flushed:
+                rate = seen * world_size() / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{flushed[-1][3]:.4f}", img_s=f"{rate:.1f}")
+
         bar = progress(loader, total=n_steps, desc=f"{desc} {epoch + 1}/{plan.epochs}")
         for batch in bar:
             batch = {k: precision.input(v.to(device, non_blocking=True)) if torch.is_tensor(v) else v
@@ -122,22 +174,17 @@ def train_epochs(
             schedule.apply(step)
             with precision.autocast():
                 loss, parts = loss_fn(net, batch)
-            value = loss.item()
-            mean_loss = float(all_reduce_sum(np.array([value]))[0]) / world_size()
-            if not math.isfinite(mean_loss):  # every rank sees the same value, so all stop together
-                raise ContaError(f"{desc}: loss is {mean_loss} at step {step} (epoch {epoch + 1}); "
-                                 "lower the learning rate or check the data")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            step += 1
             n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
             seen += n
-            for key, part in {"loss": value, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + part * n
-            rate = seen * world_size() / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
+            pending.add(step, [loss, *parts.values()], (["loss", *parts], n))
+            step += 1
+            if step % plan.log_every == 0:
+                read_back()
+        read_back()
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         summed = all_reduce_sum(np.array([seen, *totals.values()], dtype=np.float64))
         record.update({f"train_{k}": float(v / max(summed[0], 1)) for k, v in zip(totals, summed[1:])})

@@ -220,7 +220,7 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     data.tag_matrix()  # every tag now (and, when they come from masks, every mask checked against its image)
     device = resolve_device(cfg.run.device)
     plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                         precision=Precision.from_run(cfg.run, device))
+                         precision=Precision.from_run(cfg.run, device), log_every=cfg.cam.log_every)
     max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last, "cam.batch_size") * plan.epochs  # before any slow step
     context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
     meta = cam_meta(cfg.cam, data, context_at, context_module)

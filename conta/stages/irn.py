@@ -146,7 +146,7 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                         precision=Precision.from_run(cfg.run, device))
+                         precision=Precision.from_run(cfg.run, device), log_every=cfg.irn.log_every)
     max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
     model = build_irn(cfg.irn, log=log).to(device)
@@ -164,11 +164,11 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     log(f"irn: {len(ids)} images, {max_step} steps, radius {cfg.irn.radius} on the {grid} x {grid} grid "
         f"({index.n_offsets} offsets x {index.n_src} sources), device {device}")
 
-    def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses = irn_losses(net(batch["image"]), batch["label"], index, dataset.n_classes,
                             pair_counts=mean_over_ranks)  # exact under DDP: one normaliser for all ranks
         total = losses.pop("total")
-        return total, {name: value.item() for name, value in losses.items()}
+        return total, losses
 
     checkpoint = paths.irn / "checkpoint.pt"
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)

@@ -21,7 +21,6 @@ Test as deeplab-pytorch: the whole unpadded image, logits upsampled straight to 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -41,9 +40,10 @@ from conta.data.transforms import (denormalize, normalize, random_crop, random_h
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.device import resolve_device, seed_everything
-from conta.engine.distributed import (RankSlices, all_reduce_sum, barrier, grad_sync, is_main, local_world_size,
+from conta.engine.distributed import (RankSlices, barrier, grad_sync, is_main, local_world_size,
                                       main_only, world_size, wrap_ddp)
 from conta.engine.inference import WriteJob, pending, run_inference
+from conta.engine.loop import LossBuffer
 from conta.engine.parallel import run_parallel
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
@@ -265,16 +265,24 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
     started = time.perf_counter()
+    pending = LossBuffer()
     try:
         for it in bar:
             schedule.apply(it)
-            loss, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, it, precision,
-                                                         upsample)
+            losses, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, precision,
+                                                           upsample)
+            pending.add(it, losses)
+            done = it + 1
+            flushed = []  # losses are read back (collectively) for the logs and checkpoints only
+            if done % seg.log_every == 0 or done % seg.save_every == 0 or done == seg.iterations:
+                flushed = pending.flush(head=sum, error=lambda at, loss: f"seg train: loss is {loss} at iteration "
+                                                                         f"{at + 1}; lower seg.lr or check the labels")
             if logger is None:  # ranks > 0 only train
                 continue
-            done = it + 1
-            average = logger.add_loss(loss)
-            bar.set_postfix(loss=f"{average:.4f}")
+            for *_, loss in flushed:
+                average = logger.add_loss(loss)
+            if flushed:
+                bar.set_postfix(loss=f"{average:.4f}")
             if done % seg.log_every == 0:
                 logger.log_scalars(done, optimizer)
                 if bar.disable:
@@ -333,31 +341,31 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
 
 
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               batches: Iterator, steps: int, device: torch.device, it: int,
-               precision: Precision = Precision(), upsample: bool = False) -> tuple[float, Batch]:
-    """One iteration: `steps` accumulated micro-batches, the loss averaged over the ranks and checked
-    (all ranks stop together on NaN), then the optimizer step. Returns the loss and the last micro-batch.
-    `upsample`: the loss compares logits upsampled to the crop (v3/v3+), not labels shrunk to them (v2)."""
-    total, last = _accumulate(net, batches, steps, device, precision, scaler, upsample)
-    loss = float(all_reduce_sum(np.array([total]))[0]) / world_size()
-    if not math.isfinite(loss):
-        raise ContaError(f"seg train: loss is {loss} at iteration {it + 1}; lower seg.lr or check the labels")
+               batches: Iterator, steps: int, device: torch.device,
+               precision: Precision = Precision(), upsample: bool = False) -> tuple[list[torch.Tensor], Batch]:
+    """One iteration: `steps` accumulated micro-batches, then the optimizer step. Returns the
+    micro-batch losses as device tensors (the iteration's loss is their sum; `train` reads them
+    back, averages them over the ranks and checks them every seg.log_every iterations) and the last
+    micro-batch. `upsample`: the loss compares logits upsampled to the crop (v3/v3+), not labels
+    shrunk to them (v2)."""
+    losses, last = _accumulate(net, batches, steps, device, precision, scaler, upsample)
     scaler.step(optimizer)
     scaler.update()
-    return loss, last
+    return losses, last
 
 
 def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: torch.device,
                 precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None,
-                upsample: bool = False) -> tuple[float, Batch]:
+                upsample: bool = False) -> tuple[list[torch.Tensor], Batch]:
     """Gradients of `steps` micro-batches, each loss divided by `steps` (one effective batch); under
     DDP the gradients are all-reduced once, with the last backward pass. With `upsample` the logits
     are bilinearly upsampled to the labels before the loss (torchvision, pytorch-deeplab-xception).
 
-    Returns the summed loss and the last micro-batch (images, labels, outputs) for logging.
+    Returns the micro-batch losses (detached, on the device: no host synchronisation) and the last
+    micro-batch (images, labels, outputs) for logging.
     """
     net.zero_grad(set_to_none=True)
-    total = 0.0
+    losses = []
     for j in range(steps):
         images, labels = (x.to(device, non_blocking=True) for x in next(batches))
         with grad_sync(net, now=j == steps - 1):
@@ -368,8 +376,8 @@ def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: tor
                 scored = [F.interpolate(o, size=labels.shape[-2:], mode="bilinear", align_corners=False) for o in scored]
             loss = msc_loss(scored, labels) / steps
             (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += loss.item()
-    return total, (images, labels, outputs)
+        losses.append(loss.detach())
+    return losses, (images, labels, outputs)
 
 
 def training_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, normalization: str) -> np.ndarray:
