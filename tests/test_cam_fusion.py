@@ -64,6 +64,18 @@ def test_shapes_and_one_batched_forward_per_scale() -> None:
     assert tagged_cams(maps, np.array([1]), (37, 50), high_res=False)[1] is None
 
 
+def test_scales_of_the_same_size_share_one_forward() -> None:
+    """On a 7-pixel side 1.0 and 1.05 both round to 7: one batch of both and their flips, each
+    map the one it gets alone, in the scales' order."""
+    model, image = Pointwise(), torch.randn(3, 7, 10)
+    context = torch.rand(1, 3, 4)
+    images = scaled(image, (1.0, 0.5, 1.05))
+    maps = scale_cams(model, images, context=context)
+    assert model.calls == [(4, 3, 7, 10), (2, 3, 4, 5)]
+    for together, alone in zip(maps, (scale_cams(model, [x], context=context)[0] for x in images)):
+        assert torch.allclose(together, alone, atol=1e-6)
+
+
 def test_flip_of_an_equivariant_model_doubles_the_cam() -> None:
     model, image = Pointwise(), torch.randn(3, 40, 52)
     with_flip = multiscale_cam(model, image, scales=(1.0, 0.5), flip=True)

@@ -43,24 +43,29 @@ def strided_up_size(height: int, width: int, stride: int = 16) -> tuple[int, int
 @torch.no_grad()
 def scale_cams(model: CamModel, images: Sequence[Tensor], flip: bool = True,
                context: Tensor | None = None) -> list[Tensor]:
-    """Each scale's (flip-fused) CAM, (C, h_s, w_s) float32, one forward per scale.
+    """Each scale's (flip-fused) CAM, (C, h_s, w_s) float32, in the order of `images`.
 
     `images` are one image's normalised (3, h_s, w_s) tensors, one per scale, on the model's
     device; `context` its (1, hc, wc) map, which is flipped with the image (the model resizes it
-    to each scale itself). The image and its flip are batched together, and the flip's map is
-    flipped back and added.
+    to each scale itself). Scales of the same size share one forward pass together with their
+    flips (distinct sizes cannot: padding would change the activations near the borders, so each
+    runs with its flip only); the flip's map is flipped back and added.
     """
     if not images:
         raise ValueError("multiscale CAMs need at least one scale")
-    m0 = context[None] if context is not None else None
-    maps = []
-    for image in images:
-        x, m = image[None], m0
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    maps: list[Tensor | None] = [None] * len(images)
+    for members in by_size.values():
+        x = torch.stack([images[i] for i in members])
+        m = context[None].expand(len(members), -1, -1, -1) if context is not None else None
         if flip:
             x = torch.cat([x, x.flip(-1)])
             m = torch.cat([m, m.flip(-1)]) if m is not None else None
         out = model.cam(x, m).float()  # under autocast: fuse in float32, whatever the network computed in
-        maps.append(out[0] + out[1].flip(-1) if flip else out[0])
+        for j, i in enumerate(members):
+            maps[i] = out[j] + out[len(members) + j].flip(-1) if flip else out[j]
     return maps
 
 
