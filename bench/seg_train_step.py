@@ -45,7 +45,7 @@ def main() -> None:
         sampler = RankSlices(range(iterations * per_iteration), per_iteration, range(iterations),
                              "seg.batch_size x seg.iter_size")
         micro, accumulate = micro_batches(sampler.local, seg.batch_size)
-        crops = list(DataLoader(stream, batch_size=micro, sampler=sampler, num_workers=cfg.data.num_workers))
+        crops = list(DataLoader(stream, batch_size=micro, sampler=sampler))
 
         precision = Precision.from_run(cfg.run, device)
         meta = model_meta(seg, ["background", *dataset.class_names])

@@ -70,7 +70,7 @@ def measure(stage: str, cfg: Config, device: torch.device, steps: int, warmup: i
     model, calibrated, samples, batch_size, optimizer, loss_fn = SETUPS[stage](cfg, device)
     n = (warmup + steps) * batch_size
     batches = list(DataLoader(torch.utils.data.Subset(samples, [i % len(samples) for i in range(n)]),
-                              batch_size=batch_size, num_workers=cfg.data.num_workers))
+                              batch_size=batch_size))
     calibrate_bn_statistics(calibrated, batches[0]["image"].to(device))
     precision = Precision.from_run(cfg.run, device)
     net = precision.model(model.train())

@@ -155,12 +155,14 @@ class DataConfig:
     tags_file: str | None = None        # optional CSV/JSON of image-level tags
     class_names: list[str] = field(default_factory=list)  # folder: foreground classes ([] = root/class_names.txt)
     cache_dir: str | None = None        # derived files (tag cache, COCO masks); null = root/.conta_cache or ~/.cache/conta
-    num_workers: int = 0
+    # DataLoader workers per process; auto: 0 on the CPU (workers cost more than they save
+    # there), on a GPU up to 8, as the node's cores allow (conta.engine.device.loader_workers)
+    num_workers: int | Literal["auto"] = "auto"
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def validate(self, key: str) -> None:
         _check(bool(self.root), f"{key}.root", "must be a path")
-        _check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
+        _check(self.num_workers == "auto" or self.num_workers >= 0, f"{key}.num_workers", "must be auto or >= 0")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from torch import nn
 from conta.engine import loop
 from conta.engine.checkpoint import load_checkpoint, load_model_weights, restore_rng, save_checkpoint
 from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
-from conta.engine.device import resolve_device, seed_everything
+from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor
 from conta.errors import ConfigError, ContaError
 from conta.progress import rate
@@ -160,7 +160,7 @@ class _Points(EpochAugmented):
         return {"x": x, "y": x.sum(dim=0, keepdim=True)}
 
 
-def _fit(tmp_path: Path, log_every: int, loss_fn=None) -> tuple[list[dict], nn.Module]:
+def _fit(tmp_path: Path, log_every: int, loss_fn=None, workers: int = 0) -> tuple[list[dict], nn.Module]:
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -169,9 +169,9 @@ def _fit(tmp_path: Path, log_every: int, loss_fn=None) -> tuple[list[dict], nn.M
         error = net(batch["x"]) - batch["y"]
         return error.pow(2).mean(), {"abs": error.abs().mean()}
 
-    plan = EpochTraining(epochs=2, batch_size=2, log_every=log_every)
+    plan = EpochTraining(epochs=2, batch_size=2, log_every=log_every, num_workers=workers)
     history = train_epochs(model, opt, PolySchedule(opt, 0.05, 10), _Points(seed=1), loss_fn or mse, plan,
-                           tmp_path / f"every{log_every}.pt", torch.device("cpu"), "fit", log=lambda _: None)
+                           tmp_path / f"every{log_every}_{workers}.pt", torch.device("cpu"), "fit", log=lambda _: None)
     return history, model
 
 
@@ -185,6 +185,23 @@ def test_losses_read_back_every_log_every_steps_change_nothing(tmp_path: Path, m
     assert every_five == every_step and set(every_step[0]) == {"epoch", "step", "train_loss", "train_abs"}
     assert all(torch.equal(a, b) for a, b in zip(stepwise.parameters(), deferred.parameters()))
     assert calls == [5, 3] * 2                      # 5 steps' losses, then the epoch's (count, loss, abs)
+
+
+def test_persistent_workers_draw_each_epochs_samples(tmp_path: Path) -> None:
+    """One loader with persistent workers serves both epochs: the workers' dataset copies must
+    still augment with the right epoch, so the run equals the one without workers."""
+    in_process, _ = _fit(tmp_path, log_every=1)
+    in_workers, _ = _fit(tmp_path, log_every=1, workers=2)
+    assert in_workers == in_process and in_process[0]["train_loss"] != in_process[1]["train_loss"]
+
+
+def test_loader_workers_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers("auto", torch.device("cpu")) == 0
+    assert loader_workers("auto", torch.device("cuda", 0)) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers("auto", torch.device("cuda", 3)) == 1
+    assert loader_workers(3, torch.device("cpu")) == 3
 
 
 def test_a_non_finite_loss_names_its_step(tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
-"""Device selection and seeding."""
+"""Device selection, DataLoader workers per device, and seeding."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import torch
 
-from conta.engine.distributed import launched_world_size, local_rank
+from conta.engine.distributed import launched_world_size, local_rank, local_world_size
 from conta.errors import ConfigError
 
 
@@ -38,6 +39,24 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise ConfigError(f"run.device: {spec!r} pins every process to one GPU; with torchrun use cuda or auto "
                           "(each process then takes cuda:LOCAL_RANK)")
     return device
+
+
+MAX_LOADER_WORKERS = 8  # per GPU: enough to decode and augment VOC-sized JPEGs ahead of the device
+
+
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """DataLoader workers for data.num_workers on `device`.
+
+    `auto` is 0 on the CPU, where the network and the workers would share the same cores and a
+    worker measured slower than none (docs/benchmarks.md); on a GPU it is one less than this
+    process's share of the node's cores, between 1 and 8.
+    """
+    if setting != "auto":
+        return int(setting)
+    if device.type == "cpu":
+        return 0
+    cores = (os.cpu_count() or 1) // local_world_size()
+    return max(1, min(MAX_LOADER_WORKERS, cores - 1))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

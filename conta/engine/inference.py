@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conta.engine.distributed import rank, shard, world_size
@@ -100,16 +101,17 @@ def _as_loaded(item: tuple[str, Any]) -> tuple[str, Any]:
 
 
 def run_inference(ids: Sequence[str], load: Callable[[str], Any], infer: Callable[[str, Any], WriteJob],
-                  workers: int, desc: str, pin_memory: bool = False) -> float:
+                  workers: int, desc: str, device: torch.device = torch.device("cpu")) -> float:
     """For each id: `load(id)` in one of `workers` DataLoader processes (0 = here), `infer(id,
     loaded)` here, and the write job it returns on the writer thread. Returns the seconds taken.
+    Loaded tensors come in pinned memory when `device` is a GPU (asynchronous copies).
 
     `load` must not touch the GPU and must be picklable where workers are spawned (a top-level
     function or a bound method of a plain object).
     """
     started = time.perf_counter()
     loader = DataLoader(_Loaded(ids, load), batch_size=None, num_workers=workers,
-                        collate_fn=_as_loaded, pin_memory=pin_memory)
+                        collate_fn=_as_loaded, pin_memory=device.type == "cuda")
     with BackgroundWriter() as writer:
         for image_id, loaded in progress(loader, total=len(ids), desc=desc):
             writer.submit(infer(image_id, loaded))

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from conta.data.transforms import sample_rng
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -100,6 +100,41 @@ class EpochTraining:
     log_every: int = 1                   # steps between loss read-backs (and NaN checks)
 
 
+class _EpochSamples(Sampler[int]):
+    """The current epoch's `RankSlices` as indices epoch * n + i into `_EpochIndexed`, so that one
+    DataLoader, with persistent workers, serves every epoch (it re-reads the sampler each epoch)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, 0
+        self.slices: RankSlices | None = None
+
+    def use(self, epoch: int, slices: RankSlices) -> None:
+        self.epoch, self.slices = epoch, slices
+
+    def __iter__(self) -> Iterator[int]:
+        return (self.epoch * self.n + i for i in self.slices)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+
+class _EpochIndexed(Dataset):
+    """Item epoch * n + i is sample i of `dataset` in that epoch, in whichever process reads it
+    (a persistent worker's copy of the dataset never sees the main process's set_epoch)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int) -> Any:
+        epoch, index = divmod(k, len(self.dataset))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 def steps_per_epoch(n_samples: int, batch_size: int, drop_last: bool = True, key: str = "the batch size") -> int:
     steps = n_samples // batch_size if drop_last else math.ceil(n_samples / batch_size)
     if steps == 0:
@@ -144,13 +179,15 @@ def train_epochs(
         raise ContaError(f"{desc}: a last partial batch cannot be split over {world_size()} processes (drop_last)")
     n_steps = steps_per_epoch(len(dataset), plan.batch_size, plan.drop_last)
     net = wrap_ddp(precision.model(model), device)
+    samples, loader = _EpochSamples(len(dataset)), None
     for epoch in range(start_epoch, plan.epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(plan.seed * 1000 + epoch))
-        sampler = RankSlices(order.tolist(), plan.batch_size, range(n_steps), f"{desc}: batch size")
-        loader = DataLoader(dataset, batch_size=sampler.local, sampler=sampler, num_workers=plan.num_workers,
-                            pin_memory=device.type == "cuda")
+        samples.use(epoch, RankSlices(order.tolist(), plan.batch_size, range(n_steps), f"{desc}: batch size"))
+        if loader is None:  # one loader for all epochs: its workers start once
+            loader = DataLoader(_EpochIndexed(dataset), batch_size=samples.slices.local, sampler=samples,
+                                num_workers=plan.num_workers, pin_memory=device.type == "cuda",
+                                persistent_workers=plan.num_workers > 0,
+                                generator=torch.Generator().manual_seed(plan.seed))  # not the global RNG
         net.train()
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()

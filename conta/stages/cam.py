@@ -38,7 +38,7 @@ from conta.data.palette import IGNORE_INDEX
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, load_model_weights, save_torch
-from conta.engine.device import resolve_device, seed_everything
+from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.loop import EpochAugmented, EpochTraining, ValidateFn, steps_per_epoch, train_epochs
@@ -219,7 +219,8 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     data = build_dataset(cfg.data, cfg.data.train_split)
     data.tag_matrix()  # every tag now (and, when they come from masks, every mask checked against its image)
     device = resolve_device(cfg.run.device)
-    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed,
+                         num_workers=loader_workers(cfg.data.num_workers, device),
                          precision=Precision.from_run(cfg.run, device), log_every=cfg.cam.log_every)
     max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last, "cam.batch_size") * plan.epochs  # before any slow step
     context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
@@ -330,8 +331,8 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
         arrays = cam_arrays(model, images, size, keys, cfg.cam, device, context, precision)
         return lambda: save_npz(_map_path(paths, image_id), **arrays)
 
-    seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one, cfg.data.num_workers,
-                            f"cam maps r{t}", pin_memory=device.type == "cuda")
+    seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one,
+                            loader_workers(cfg.data.num_workers, device), f"cam maps r{t}", device)
     log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({rate(len(todo), seconds)}"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
 

@@ -21,7 +21,7 @@ from conta.data.build import build_dataset
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_model_weights, save_checkpoint
-from conta.engine.device import resolve_device, seed_everything
+from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, mean_over_ranks, shard
 from conta.engine.loop import EpochAugmented, EpochTraining, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
@@ -145,7 +145,8 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
         raise ContaError(f"{paths.ir_label}: no seed labels for split {cfg.data.train_split}; run `conta ir-label` first")
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed,
+                         num_workers=loader_workers(cfg.data.num_workers, device),
                          precision=Precision.from_run(cfg.run, device), log_every=cfg.irn.log_every)
     max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)

@@ -20,7 +20,7 @@ from conta.config import Config, PseudoMaskConfig
 from conta.data.build import build_dataset
 from conta.data.palette import voc_palette
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.device import resolve_device
+from conta.engine.device import loader_workers, resolve_device
 from conta.engine.distributed import is_main, local_world_size, main_only
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.parallel import run_parallel
@@ -88,7 +88,8 @@ def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[s
         label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device, cfg.irn.crop_size)
         return partial(save_label_png, paths.pseudo_mask / f"{image_id}.png", label, voc_palette())
 
-    run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk, cfg.data.num_workers, "pseudo-masks")
+    run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk,
+                  loader_workers(cfg.data.num_workers, device), "pseudo-masks", device)
 
 
 def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:

@@ -39,7 +39,7 @@ from conta.data.transforms import (denormalize, normalize, random_crop, random_h
                                    sample_rng, to_chw)
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from conta.engine.device import resolve_device, seed_everything
+from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import (RankSlices, barrier, grad_sync, is_main, local_world_size,
                                       main_only, world_size, wrap_ddp)
 from conta.engine.inference import WriteJob, pending, run_inference
@@ -259,8 +259,9 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
     # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
     # uninterrupted one
-    loader = DataLoader(stream, batch_size=micro, num_workers=cfg.data.num_workers, sampler=sampler,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.run.seed))
+    loader = DataLoader(stream, batch_size=micro, num_workers=loader_workers(cfg.data.num_workers, device),
+                        sampler=sampler, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.run.seed))
     batches = iter(loader)
     upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
     bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
@@ -465,7 +466,7 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], se
 
         return write
 
-    run_inference(ids, dataset.image, infer_one, cfg.data.num_workers, desc)
+    run_inference(ids, dataset.image, infer_one, loader_workers(cfg.data.num_workers, device), desc, device)
 
 
 def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_logits: bool = False,
