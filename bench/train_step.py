@@ -102,7 +102,7 @@ def main() -> None:
     add_config_args(parser, "configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     with bench_run(args) as (cfg, device):
         ensure_dataset(cfg.data, log=lambda _: None)
         result = measure(args.stage, cfg, device, args.steps, args.warmup)

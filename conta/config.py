@@ -418,8 +418,10 @@ class RunConfig:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    amp: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype (fp16 adds loss scaling; CUDA only)
-    channels_last: bool = False          # NHWC tensors: faster cuDNN convolutions, mostly with amp
+    # autocast dtype (fp16 adds loss scaling; CUDA only); auto: bf16 on CUDA GPUs with native bf16
+    # (compute capability 8.0+), fp32 elsewhere, so CPU results stay those of fp32
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"   # NHWC tensors for cuDNN; auto: on with amp on CUDA
     deterministic: bool = False
 
     def validate(self, key: str) -> None:

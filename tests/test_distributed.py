@@ -288,6 +288,18 @@ def test_background_writer_keeps_order_and_raises() -> None:
     assert -1 not in done
 
 
+def test_auto_precision_is_fp32_on_the_cpu_and_bf16_nhwc_on_recent_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load_config(None).run
+    assert (run.amp, run.channels_last) == ("auto", "auto")
+    assert Precision.from_run(run, torch.device("cpu")) == Precision("cpu", None, False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert Precision.from_run(run, torch.device("cuda", 0)) == Precision("cuda", torch.bfloat16, True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 0))   # V100: no bf16 units
+    assert Precision.from_run(run, torch.device("cuda", 0)) == Precision("cuda", None, False)
+    explicit = load_config(None, ["run.amp=fp16", "run.channels_last=false"]).run
+    assert Precision.from_run(explicit, torch.device("cuda", 0)) == Precision("cuda", torch.float16, False)
+
+
 def test_precision_switches_on_the_cpu() -> None:
     run = load_config(None, ["run.amp=bf16", "run.channels_last=true"]).run
     precision = Precision.from_run(run, torch.device("cpu"))

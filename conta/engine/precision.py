@@ -1,4 +1,5 @@
-"""Mixed precision and memory format behind two switches: run.amp and run.channels_last.
+"""Mixed precision and memory format behind two switches: run.amp and run.channels_last (both
+`auto` by default: bf16 autocast and NHWC on GPUs that have bf16 tensor cores, fp32 NCHW elsewhere).
 
 bf16 and fp16 autocast halve activation memory and use tensor cores on GPUs; fp16 also needs
 loss scaling (GradScaler) because its small gradients underflow. channels_last (NHWC) lets cuDNN
@@ -19,6 +20,15 @@ from conta.errors import ConfigError
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def auto_amp(device: torch.device) -> str:
+    """run.amp=auto: bf16 on CUDA GPUs with bf16 tensor cores (compute capability 8.0+: A100,
+    H100, RTX 30xx on), fp32 elsewhere; the CPU keeps fp32, where bf16 measured no faster on
+    the development machine and would change the results."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return "bf16"
+    return "fp32"
+
+
 @dataclass(frozen=True)
 class Precision:
     """How one device computes: autocast dtype (None = fp32) and memory format."""
@@ -29,10 +39,14 @@ class Precision:
 
     @classmethod
     def from_run(cls, run: RunConfig, device: torch.device) -> Precision:
-        dtype = DTYPES[run.amp]
+        """run.amp and run.channels_last on `device`, `auto` resolved (see `auto_amp`)."""
+        dtype = DTYPES[auto_amp(device) if run.amp == "auto" else run.amp]
         if dtype is torch.float16 and device.type != "cuda":
             raise ConfigError("run.amp: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        return cls(device.type, dtype, run.channels_last)
+        channels_last = run.channels_last
+        if channels_last == "auto":  # cuDNN's NHWC kernels pay off with reduced precision
+            channels_last = device.type == "cuda" and dtype is not None
+        return cls(device.type, dtype, channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
