@@ -8,6 +8,7 @@ bench/<name>.py`); rank 0 prints the results.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -30,6 +31,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str) -> Non
     parser.add_argument("--config", default=str(REPO / default_config), help=f"YAML config (default: {default_config})")
     parser.add_argument("--images", type=int, default=64, help="synthetic images to generate and use")
     parser.add_argument("--keep", type=Path, help="write data and outputs here and keep them (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file (bench/gpu_check.py reads it)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. run.device=cuda run.amp=bf16 run.channels_last=true")
 
@@ -65,14 +67,24 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_memory(device: torch.device) -> str:
+def peak_gib(device: torch.device) -> float:
     """torch.cuda.max_memory_allocated since the last reset on a GPU; on the CPU the process's
     peak resident set (getrusage), which covers its whole life, data generation included."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU (max_memory_allocated, per process)"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return f"{kib / 2**20:.2f} GiB RSS (getrusage peak of rank 0's process)"
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def peak_memory(device: torch.device) -> str:
+    where = "GPU (max_memory_allocated, per process)" if device.type == "cuda" else "RSS (getrusage peak of rank 0's process)"
+    return f"{peak_gib(device):.2f} GiB {where}"
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    """The figures as JSON when --json was given (rank 0 only)."""
+    if path is not None and is_main():
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def describe(cfg: Config, device: torch.device) -> str:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from _common import add_config_args, bench_run, describe, peak_memory, reset_peak_memory
+from _common import add_config_args, bench_run, describe, peak_gib, peak_memory, reset_peak_memory, write_json
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.transforms import normalize, to_chw
 from conta.engine.distributed import barrier, is_main, shard
@@ -35,7 +35,7 @@ CALIBRATION_IMAGES = 8
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, "configs/demo.yaml")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     with bench_run(args) as (cfg, device):
         ensure_dataset(cfg.data, log=lambda _: None)
         data = build_dataset(cfg.data, cfg.data.infer_split)
@@ -60,6 +60,8 @@ def main() -> None:
                   f"{cfg.data.num_workers} loader workers")
             print(f"  {seconds:.2f} s, {len(data) / seconds:.2f} images/s, {cpu / len(shard(data.ids)):.4f} CPU s per image "
                   f"(this process), peak {peak_memory(device)}")
+        write_json(args.json, {"images": len(data), "seconds": seconds, "images_s": len(data) / seconds,
+                               "cpu_s_per_image": cpu / len(shard(data.ids)), "peak_gib": peak_gib(device)})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from conta.ops.cam_fusion import strided_size
 from conta.stages.ir_label import CamRecord
 from conta.stages.irn import build_irn, image_tensor
 from conta.stages.pseudo_mask import pseudo_mask
-from _common import REPO
+from _common import REPO, peak_gib, reset_peak_memory, write_json
 
 
 def measure(cfg, size: tuple[int, int], images: int, classes: int, device: torch.device) -> dict:
@@ -38,6 +39,7 @@ def measure(cfg, size: tuple[int, int], images: int, classes: int, device: torch
     calibrate_bn_statistics(model.backbone, image_tensor(pictures[0])[None].to(device))
     record = CamRecord(np.arange(classes), gen.random((classes, *strided_size(height, width))).astype(np.float32))
     cpu, wall = [], []
+    reset_peak_memory(device)
     for i, picture in enumerate(pictures):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -46,7 +48,8 @@ def measure(cfg, size: tuple[int, int], images: int, classes: int, device: torch
         if i:
             wall.append(time.perf_counter() - started)
             cpu.append(time.process_time() - started_cpu)
-    return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall), "images": images}
+    return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall), "images": images,
+            "peak_gib": peak_gib(device)}
 
 
 def main() -> None:
@@ -55,8 +58,9 @@ def main() -> None:
     parser.add_argument("--size", default="500x375", help="W x H of the images")
     parser.add_argument("--images", type=int, default=5, help="timed images")
     parser.add_argument("--classes", type=int, default=2, help="tagged classes per image")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = load_config(args.config, [*args.overrides, "irn.backbone.pretrained=null"])
     width, height = (int(v) for v in args.size.lower().split("x"))
     device = resolve_device(cfg.run.device)
@@ -66,6 +70,7 @@ def main() -> None:
           f"beta {cfg.pseudo_mask.beta} steps {2 ** cfg.pseudo_mask.exp_times}; {args.classes} classes")
     print(f"pseudo-mask {args.size}: {result['cpu_s']:.3f} CPU s, {result['wall_s']:.3f} wall s per image "
           f"(median of {args.images})")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """Time the stencil random walk against the reference's dense repeated squaring.
 
-    .venv/bin/python bench/random_walk.py [--sizes 32x24 64x48 125x94] [--skip-dense-above N]
+    .venv/bin/python bench/random_walk.py [--sizes 32x24 64x48 125x94] [--skip-dense-above N] [--repeat N]
+    .venv/bin/python bench/random_walk.py --sizes 125x94 --skip-dense-above 0 --device cuda --repeat 10
 
-Sizes are W x H of the stride-4 grid (125x94 is a 500x375 VOC image). Both run on CPU in
-float32 (the dense one as the reference does; the stencil accumulates in float64 internally).
+Sizes are W x H of the stride-4 grid (125x94 is a 500x375 VOC image). Both run in float32 (the
+dense one as the reference does, on the CPU). The stencil's times are medians over --repeat
+runs, on --device (CUDA times are synchronised).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +44,19 @@ def propagate_dense(cams: torch.Tensor, boundary: torch.Tensor, radius: int, bet
     return ((cams * (1 - boundary)).reshape(k, n) @ trans).reshape(k, h, w)
 
 
-def _timed(fn, *args) -> tuple[float, float, torch.Tensor]:
-    """Wall and process-CPU seconds: CPU time stays meaningful when other jobs share the cores."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu, out
+def _timed(fn, *args, device: torch.device = torch.device("cpu"), repeat: int = 1) -> tuple[float, float, torch.Tensor]:
+    """Median wall and process-CPU seconds: CPU time stays meaningful when other jobs share the cores."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus), out
 
 
 def main() -> None:
@@ -55,7 +68,12 @@ def main() -> None:
     parser.add_argument("--exp-times", type=int, default=8)
     parser.add_argument("--skip-dense-above", type=int, default=None, metavar="N", help="no dense run above N pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the stencil walk runs")
+    parser.add_argument("--repeat", type=int, default=1, help="stencil runs per size (the median is shown)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    figures: dict[str, dict[str, float]] = {}
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.classes}, "
           f"r={args.radius}, beta={args.beta}, steps={2 ** args.exp_times}")
@@ -66,7 +84,10 @@ def main() -> None:
         gen = torch.Generator().manual_seed(args.seed)
         cams = torch.rand(args.classes, h, w, generator=gen)
         boundary = torch.rand(h, w, generator=gen) ** 4           # mostly low, a few strong edges
-        wall, cpu, ours = _timed(propagate, cams, boundary, args.radius, args.beta, args.exp_times)
+        wall, cpu, ours = _timed(propagate, cams.to(device), boundary.to(device), args.radius, args.beta,
+                                 args.exp_times, device=device, repeat=args.repeat)
+        ours = ours.cpu()
+        figures[size] = {"wall_s": wall, "cpu_s": cpu}
         row = f"{size:>8} {h * w:>7} {wall:>9.3f} / {cpu:<7.3f}"
         if args.skip_dense_above is not None and h * w > args.skip_dense_above:
             print(f"{row} {'skipped':>17}")
@@ -76,6 +97,9 @@ def main() -> None:
         diff = (ours - ref).abs().max().item()
         speed = f"{dense_wall / wall:.0f}x / {dense_cpu / cpu:.0f}x"
         print(f"{row} {dense_wall:>7.2f} / {dense_cpu:<7.2f} {speed:>18} {agree:>13.2%} {diff:>10.1e}")
+    if args.json is not None:  # "seconds": the last grid's median wall time per walk
+        args.json.write_text(json.dumps({"device": str(device), "sizes": figures,
+                                         "seconds": figures[args.sizes[-1]]["wall_s"]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from _common import add_config_args, bench_run, describe, peak_memory, reset_peak_memory
+from _common import add_config_args, bench_run, describe, peak_gib, peak_memory, reset_peak_memory, write_json
 from conta.data.build import build_dataset, ensure_dataset
 from conta.engine.distributed import RankSlices, is_main, wrap_ddp
 from conta.engine.precision import Precision
@@ -34,7 +34,7 @@ def main() -> None:
     add_config_args(parser, "configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (allocator, cuDNN autotuning)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     with bench_run(args) as (cfg, device):
         seg = cfg.seg
         ensure_dataset(cfg.data, log=lambda _: None)
@@ -78,6 +78,8 @@ def main() -> None:
             print(f"  {args.steps} iterations in {seconds:.2f} s: {seconds / args.steps:.3f} s/iteration "
                   f"({cpu / args.steps:.4f} CPU s), "
                   f"{args.steps * per_iteration / seconds:.2f} images/s, peak {peak_memory(device)}")
+        write_json(args.json, {"iterations_s": args.steps / seconds, "images_s": args.steps * per_iteration / seconds,
+                               "cpu_s_per_iteration": cpu / args.steps, "peak_gib": peak_gib(device)})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from _common import add_config_args, bench_run, describe, peak_memory, reset_peak_memory
+from _common import add_config_args, bench_run, describe, peak_gib, peak_memory, reset_peak_memory, write_json
 from conta.config import Config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.engine.precision import Precision
@@ -66,7 +66,7 @@ SETUPS = {"cam": _cam_setup, "irn": _irn_setup}
 
 
 def measure(stage: str, cfg: Config, device: torch.device, steps: int, warmup: int) -> dict:
-    """{"cpu_s", "wall_s"} per step and {"images_s"} over `steps` timed steps after `warmup` ones."""
+    """{"cpu_s", "wall_s"} per step, {"steps_s", "images_s"} over `steps` timed steps after `warmup` ones."""
     model, calibrated, samples, batch_size, optimizer, loss_fn = SETUPS[stage](cfg, device)
     n = (warmup + steps) * batch_size
     batches = list(DataLoader(torch.utils.data.Subset(samples, [i % len(samples) for i in range(n)]),
@@ -92,8 +92,8 @@ def measure(stage: str, cfg: Config, device: torch.device, steps: int, warmup: i
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    return {"cpu_s": cpu / steps, "wall_s": wall / steps, "images_s": steps * batch_size / wall,
-            "batch": batch_size, "peak": peak_memory(device)}
+    return {"cpu_s": cpu / steps, "wall_s": wall / steps, "steps_s": steps / wall, "images_s": steps * batch_size / wall,
+            "batch": batch_size, "peak_gib": peak_gib(device), "peak": peak_memory(device)}
 
 
 def main() -> None:
@@ -113,6 +113,7 @@ def main() -> None:
               + (f", radius {cfg.irn.radius}, displacement {cfg.irn.displacement}" if args.stage == "irn" else ""))
         print(f"  {result['cpu_s']:.4f} CPU s, {result['wall_s']:.4f} wall s per step, {result['images_s']:.2f} images/s, "
               f"peak {result['peak']}")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
