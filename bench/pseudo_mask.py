@@ -44,7 +44,7 @@ def measure(cfg, size: tuple[int, int], images: int, classes: int, device: torch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started, started_cpu = time.perf_counter(), time.process_time()
-        pseudo_mask(model, picture, record, cfg.pseudo_mask, device)  # ends on the host (numpy labels)
+        pseudo_mask(model, picture, record, cfg.pseudo_mask, device, cfg.irn.crop_size)  # ends on the host
         if i:
             wall.append(time.perf_counter() - started)
             cpu.append(time.process_time() - started_cpu)
