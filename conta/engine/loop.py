@@ -73,7 +73,6 @@ class LossBuffer:
         return [(step, v, meta, float(mean)) for (step, _, meta), v, mean in zip(steps, floats, means)]
 
 
-
 class EpochAugmented(Dataset):
     """Base of the training sets: each sample's random choices come from (seed, epoch, index),
     the epoch set by the loop, so a resumed run draws exactly the samples it would have drawn."""
