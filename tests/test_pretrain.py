@@ -15,7 +15,8 @@ from conta.data.synthetic import draw_image, part_marker, pretraining_world
 from conta.errors import ContaError
 from conta.models import weights
 from conta.models.resnet import FrozenStatsBatchNorm2d, resnet
-from conta.stages.pretrain import WorldImages, classification_metrics, pretrain, world_tags
+from conta.data.synthetic import label_tags
+from conta.stages.pretrain import WorldImages, classification_metrics, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ def test_pretraining_images_wear_only_their_own_markers() -> None:
     own = {part_marker(i + world.marker_offset).colour for i in np.unique(drawn.label[drawn.parts > 0]).astype(int) - 1}
     # solid part pixels carry their marker's colour (JPEG-free: the drawn array itself), +- the noise
     assert any(max(abs(a - b) for a, b in zip(c, m)) < 16 for c in colours for m in own)
-    assert world_tags(drawn.label, 60).sum() == len(set(np.unique(drawn.label)) - {0, 255})
+    assert label_tags(drawn.label, 60).sum() == len(set(np.unique(drawn.label)) - {0, 255})
 
 
 def test_world_images_are_new_every_epoch_and_repeatable() -> None:

@@ -152,6 +152,13 @@ def part_marker(index: int) -> PartMarker:
     return PartMarker(_SHAPES[index % 5], _PATTERNS[index % 3], _PART_COLOURS[index % 7])
 
 
+def label_tags(label: np.ndarray, n_classes: int) -> np.ndarray:
+    """Multi-hot (bool) tags of the classes whose pixels a label map shows: how tags are read."""
+    tags = np.zeros(n_classes, bool)
+    tags[np.unique(label[(label > 0) & (label != IGNORE_INDEX)]) - 1] = True
+    return tags
+
+
 def image_ids(cfg: SynthConfig, split: str) -> list[str]:
     n = {"train": cfg.n_train, "val": cfg.n_val, "val_deconfounded": cfg.n_val_deconfounded}[split]
     return [f"{SPLITS[split]}_{i:05d}" for i in range(n)]
@@ -194,7 +201,7 @@ def generate(cfg: SynthConfig, out: Path, *, progress: bool = False) -> SynthSum
         bgs = np.zeros(len(ids), np.int64)
         for i, image_id in enumerate(ids):
             drawn = draw_image(cfg, split, i)
-            tags[i, np.unique(drawn.label[(drawn.label > 0) & (drawn.label != IGNORE_INDEX)]) - 1] = True
+            tags[i] = label_tags(drawn.label, len(cfg.classes))
             bgs[i] = cfg.backgrounds.index(drawn.background)
             backgrounds[image_id] = drawn.background
             paths = (out / "JPEGImages" / f"{image_id}.jpg", out / "SegmentationClass" / f"{image_id}.png",

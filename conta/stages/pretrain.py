@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from conta import __version__
 from conta.config import Config, PretrainConfig, SynthConfig, to_dict
-from conta.data.palette import IGNORE_INDEX
-from conta.data.synthetic import draw_image, pretraining_world
+from conta.data.synthetic import draw_image, label_tags, pretraining_world
 from conta.data.transforms import normalize, to_chw
 from conta.engine.device import resolve_device, seed_everything
 from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
@@ -38,14 +37,6 @@ from conta.models.weights import synthetic_weights_name
 Log = Callable[[str], None]
 PRETRAIN_STRIDES = (2, 2, 2, 2)  # the standard ImageNet ResNet; every stage may use other strides on the weights
 VAL_SPLIT = "val"  # held-out images: the same world, another random stream
-
-
-def world_tags(label: np.ndarray, n_classes: int) -> np.ndarray:
-    """Multi-hot tags of the classes whose pixels the mask shows (as the demo's tags are read)."""
-    tags = np.zeros(n_classes, np.float32)
-    present = np.unique(label[(label > 0) & (label != IGNORE_INDEX)])
-    tags[present - 1] = 1.0
-    return tags
 
 
 class WorldImages(EpochAugmented):
@@ -63,14 +54,14 @@ class WorldImages(EpochAugmented):
         drawn = draw_image(self.world, "train", self.epoch * self.n + index)
         image = drawn.image[:, ::-1] if self.sample_rng(index).random() < 0.5 else drawn.image
         return {"image": torch.from_numpy(to_chw(normalize(image))),
-                "label": torch.from_numpy(world_tags(drawn.label, len(self.world.classes)))}
+                "label": torch.from_numpy(label_tags(drawn.label, len(self.world.classes)).astype(np.float32))}
 
 
 def held_out(world: SynthConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` images of the world's other split, as uint8 images and multi-hot tags."""
     drawn = [draw_image(world, VAL_SPLIT, i) for i in range(n)]
     return (np.stack([d.image for d in drawn]),
-            np.stack([world_tags(d.label, len(world.classes)) for d in drawn]))
+            np.stack([label_tags(d.label, len(world.classes)) for d in drawn]).astype(np.float32))
 
 
 def classification_metrics(scores: np.ndarray, tags: np.ndarray) -> dict[str, float]:
@@ -128,8 +119,8 @@ def pretrain(cfg: Config, out_dir: Path | None = None, command: str = "conta pre
         f"{world.marker_offset}..{world.marker_offset + pre.n_classes - 1}), {len(world.backgrounds)} backgrounds, "
         f"world seed {pre.world_seed}; {pre.epochs} epochs of {pre.images_per_epoch} new images")
     model = ImageClassifier(resnet(pre.arch, pre.width, PRETRAIN_STRIDES), pre.n_classes).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases, as usual
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases, as usual
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": pre.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=pre.lr, momentum=pre.momentum, nesterov=pre.momentum > 0)
