@@ -1,4 +1,4 @@
-"""Time stage 5's DeepLab training iteration (`conta.stages.seg.train_step`, the stage's own step)
+"""Time stage 5's DeepLab training iteration (`conta.stages.seg.SegStep` run by the trainer's `run_step`)
 on synthetic crops: images/s and peak memory.
 
     PYTHONPATH=. .venv/bin/python bench/seg_train_step.py [--config configs/demo.yaml] [--steps 10] [KEY=VALUE ...]
@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from _common import add_config_args, bench_run, describe, peak_gib, peak_memory, reset_peak_memory, write_json
 from conta.data.build import build_dataset, ensure_dataset
-from conta.engine.distributed import RankSlices, is_main, wrap_ddp
+from conta.engine.distributed import RankSlices, is_main
 from conta.engine.precision import Precision
+from conta.engine.trainer import Trainer
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.seg_predictor import build_seg_model, model_meta, trains_bn
-from conta.stages.seg import SegTrainStream, build_optimizer, micro_batches, synchronise_bn, train_step
+from conta.stages.seg import SegStep, SegTrainStream, build_optimizer, micro_batches, synchronise_bn
 
 
 def main() -> None:
@@ -53,16 +54,16 @@ def main() -> None:
         if not trains_bn(meta):  # v2's frozen BN, as the demo trains it; v3/v3+ train theirs
             calibrate_bn_statistics(model.base, torch.cat([images for images, _ in crops[:accumulate]]))
         synchronise_bn(model, meta, seg, micro, device)
-        precision.model(model.to(device).train())
-        net = wrap_ddp(model, device)
+        model.to(device).train()
         optimizer, schedule = build_optimizer(model, seg)
-        scaler = precision.scaler()
+        trainer = Trainer(model, optimizer, SegStep(upsample=trains_bn(meta)), iterations, device, hooks=[],
+                          precision=precision, accumulate=accumulate)
         batches = iter(crops)
 
         def run(its: range) -> None:
             for it in its:
                 schedule.apply(it)
-                train_step(net, optimizer, scaler, batches, accumulate, device, precision, upsample=trains_bn(meta))
+                trainer.run_step(batches)
 
         run(range(args.warmup))
         reset_peak_memory(device)

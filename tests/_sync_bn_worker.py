@@ -3,9 +3,10 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/_sync_bn_worker.py OUT_DIR
 
 Each of the two processes takes two of the four crops of `batch()`, makes the model's BN
-cross-process as `conta seg train` does (seg.sync_bn), takes one step through the stage's own
-`train_step` and writes its weights and BN statistics to OUT_DIR/rank<r>.pt. The test runs
-`one_step` in one process on all four crops with plain BN and compares.
+cross-process as `conta seg train` does (seg.sync_bn), takes one step of the stage's own step
+function (`SegStep`, through the trainer's `take_step`) and writes its weights and BN statistics
+to OUT_DIR/rank<r>.pt. The test runs `one_step` in one process on all four crops with plain BN
+and compares.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from conta.engine.distributed import barrier, init_distributed, rank, teardown, 
 from conta.engine.precision import Precision
 from conta.engine.sync_bn import GlooSyncBatchNorm
 from conta.seg_predictor import build_seg_model, model_meta
-from conta.stages.seg import build_optimizer, synchronise_bn, train_step
+from conta.engine.trainer import take_step
+from conta.stages.seg import SegStep, build_optimizer, synchronise_bn
 
 N_CLASSES, SIZE = 3, 33
 OVERRIDES = ["seg.model=deeplabv3plus", "seg.arch=resnet18", "seg.width=4", "seg.lr=0.01", "seg.msc_scales=[]"]
@@ -49,7 +51,7 @@ def one_step(images: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torc
     net = wrap_ddp(model, device)
     optimizer, schedule = build_optimizer(model, seg)
     schedule.apply(0)
-    train_step(net, optimizer, Precision().scaler(), iter([(images, labels)]), 1, device, upsample=True)
+    take_step(net, optimizer, Precision().scaler(), SegStep(upsample=True), [(images, labels)], device)
     return model.state_dict(), sum(isinstance(m, GlooSyncBatchNorm) for m in model.modules())
 
 

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-import conta.engine.loop as loop
+import conta.engine.trainer as trainer
 from conta.cli import main
 from conta.config import CamConfig, Config, load_config
 from conta.data.build import build_dataset, ensure_dataset
@@ -99,14 +99,14 @@ def test_resume_after_an_interruption_is_exact(tmp_path: Path, data_root: Path,
     cam.train(straight, 0, log=quiet)
 
     resumed = tiny_config(tmp_path, data_root, "run.name=resumed")
-    real_save = loop.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save_then_crash(path: Path, **state: object) -> None:
         real_save(path, **state)
         if state["epoch"] == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         cam.train(resumed, 0, log=quiet)
     assert not (round_paths(resumed, 0).cam / "model.pt").exists()

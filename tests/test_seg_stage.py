@@ -18,7 +18,10 @@ from PIL import Image
 from conta.config import Config, load_config, replace
 from conta.data.palette import IGNORE_INDEX
 from conta.data.voc import VOC_CLASSES
+from conta.engine import trainer
+from conta.engine.precision import Precision
 from conta.engine.sync_bn import GlooSyncBatchNorm
+from conta.engine.trainer import take_step
 from conta.errors import ConfigError, ContaError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_json, load_label_png, load_npz, save_label_png, save_rgb
@@ -97,6 +100,15 @@ def test_param_groups_and_poly_schedule_every_10_iterations() -> None:
             assert g["lr"] == pytest.approx(base * g["lr_mult"])
 
 
+def _step(model: torch.nn.Module, batches: list, optimizer: torch.optim.Optimizer | None = None,
+          upsample: bool = False) -> tuple[list[torch.Tensor], seg.SegStep]:
+    """One trainer step of the DeepLab step function (lr 0 unless an optimizer is given: gradients only)."""
+    optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    step = seg.SegStep(upsample)
+    losses, _ = take_step(model, optimizer, Precision().scaler(), step, batches, torch.device("cpu"))
+    return losses, step
+
+
 def test_bn_stays_frozen_through_a_training_step() -> None:
     model = _tiny_model().train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -104,8 +116,7 @@ def test_bn_stays_frozen_through_a_training_step() -> None:
     cfg = seg_config(Path("unused"), "seg.lr=0.1")
     optimizer, _ = seg.build_optimizer(model, cfg.seg)
     batch = (torch.randn(2, 3, 33, 33), torch.randint(0, 4, (2, 33, 33)))
-    seg._accumulate(model, iter([batch]), 1, torch.device("cpu"))
-    optimizer.step()
+    _step(model, [batch], optimizer)
     assert all(not m.training for m in bns)
     for m, state in zip(bns, before):
         for key, value in m.state_dict().items():
@@ -117,8 +128,8 @@ def test_iter_size_accumulation_equals_one_big_batch() -> None:
     torch.manual_seed(1)
     images, labels = torch.randn(4, 3, 33, 33), torch.randint(0, 4, (4, 33, 33))  # no ignored pixels
     small, big = _tiny_model().train(), _tiny_model().train()
-    seg._accumulate(small, iter([(images[:2], labels[:2]), (images[2:], labels[2:])]), 2, torch.device("cpu"))
-    seg._accumulate(big, iter([(images, labels)]), 1, torch.device("cpu"))
+    _step(small, [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    _step(big, [(images, labels)])
     for (name, a), b in zip(small.named_parameters(), big.parameters()):
         if a.requires_grad:
             assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
@@ -144,14 +155,14 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
     resumed = seg_config(tmp_path / "b")
     seg.train(straight, 0, log=lambda s: None)
 
-    real_save = seg.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save_then_crash(path, **state):
         real_save(path, **state)
-        if state["iteration"] == 3:
+        if state["step"] == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(seg, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         seg.train(resumed, 0, log=lambda s: None)
     assert not (round_paths(resumed, 0).seg / "model.pt").exists()
@@ -165,7 +176,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
     # the last checkpoints agree too, down to the RNG state a further resume would restore
     a = torch.load(round_paths(straight, 0).seg / "checkpoint.pt", weights_only=True)
     b = torch.load(round_paths(resumed, 0).seg / "checkpoint.pt", weights_only=True)
-    assert a["iteration"] == b["iteration"] == 6
+    assert a["step"] == b["step"] == 6
     assert torch.equal(a["torch_rng"], b["torch_rng"])
 
 
@@ -390,7 +401,8 @@ def test_v3_loss_compares_logits_upsampled_to_the_crop() -> None:
     images, labels = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     labels[0, :5] = IGNORE_INDEX
     torch.manual_seed(5)  # the same dropout masks in both passes
-    losses, (_, _, outputs) = seg._accumulate(model, iter([(images, labels)]), 1, torch.device("cpu"), upsample=True)
+    losses, step = _step(model, [(images, labels)], upsample=True)
+    _, _, outputs = step.last
     assert outputs[0].shape[-1] == 3  # logits at /16
     torch.manual_seed(5)
     logits = F.interpolate(model(images)[0], size=(33, 33), mode="bilinear", align_corners=False)

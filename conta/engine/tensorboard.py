@@ -1,4 +1,4 @@
-"""A small TensorBoard logger for training loops (replaces deeplab-pytorch's torchnet meter).
+"""A small TensorBoard logger for training loops, and the trainer's hook that drives it (replaces deeplab-pytorch's torchnet meter).
 
 It logs what deeplab-pytorch logs: a moving-average training loss, the learning rate of every
 optimizer group, and image panels, and it can be resumed (the loss window is part of its state,
@@ -7,12 +7,19 @@ and events past the resume step are purged so a crash leaves no duplicate curve 
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from conta.engine.distributed import is_main
+from conta.engine.trainer import Hook, Trainer
+from conta.progress import rate
 
 
 class MovingAverage:
@@ -54,3 +61,51 @@ class TrainLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TensorBoard(Hook):
+    """Rank 0's TensorBoard and text log of a run: each read-back loss into the moving average
+    (shown on the progress bar), the average and the learning rates every `log_every` steps (also
+    as a log line when there is no bar), and `image()` every `image_every` steps. The average's
+    window is part of the checkpoint, so a resumed run logs the curve an uninterrupted one would."""
+
+    def __init__(self, log_dir: Path, average_window: int, log_every: int, image_every: int, desc: str,
+                 image: Callable[[], np.ndarray], log: Callable[[str], None]) -> None:
+        self.log_dir, self.window, self.log_every, self.image_every = log_dir, average_window, log_every, image_every
+        self.desc, self.image, self.log = desc, image, log
+        self.logger: TrainLogger | None = None
+        self.loaded: list[float] | None = None
+        self.average = float("nan")
+        self.start, self.started = 0, 0.0
+
+    def before_train(self, trainer: Trainer) -> None:
+        if is_main():  # ranks > 0 only train
+            self.logger = TrainLogger(self.log_dir, self.window, trainer.step, self.loaded)
+        self.start, self.started = trainer.step, time.perf_counter()
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.logger is None:
+            return
+        for *_, loss in trainer.flushed:
+            self.average = self.logger.add_loss(loss)
+        if trainer.flushed:
+            trainer.bar.set_postfix(loss=f"{self.average:.4f}")
+        done = trainer.step
+        if done % self.log_every == 0:
+            self.logger.log_scalars(done, trainer.optimizer)
+            if trainer.bar.disable:
+                self.log(f"{self.desc}: iteration {done}/{trainer.max_steps} loss {self.average:.4f} "
+                         f"lr {trainer.optimizer.param_groups[0]['lr']:.3g} "
+                         f"({rate(done - self.start, time.perf_counter() - self.started, 'iteration')})")
+        if done % self.image_every == 0:
+            self.logger.log_image("train/image_pred_target", self.image(), done)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_window": list(self.logger.loss.values)} if self.logger is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loaded = state.get("loss_window")

@@ -47,11 +47,12 @@ from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import IRNET, ConfusionMatrix, average_precision, format_table
 from conta.io import save_npz, save_rgb
-from conta.models.cam_net import CamNet, ContextAt, calibrate_bn_statistics, frozen_bns
+from conta.models.cam_net import CamNet, ContextAt
 from conta.models.resnet import resnet
 from conta.models.weights import load_backbone_weights
 from conta.ops.cam_fusion import scale_cams, tagged_cams
-from conta.progress import counter, progress, rate
+from conta.progress import progress, rate
+from conta.stages.calibration import calibrate_random_bns
 from conta.stages.ir_label import read_cam
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
@@ -189,14 +190,11 @@ def _validation(data: VOCLayoutDataset, provider: ContextProvider | None,
 
 def _calibrate(model: CamNet, samples: CamTrainSet, device: torch.device, log: Log) -> None:
     """A random backbone's frozen BN statistics, estimated from the first training samples."""
-    count = min(len(samples), CALIBRATION_IMAGES)
-    log(f"cam backbone: random initialisation (cam.backbone.pretrained is null); estimating the "
-        f"statistics of its {len(frozen_bns(model))} BN layers from {count} training images")
-    batch = [samples[i] for i in range(count)]
+    batch = [samples[i] for i in range(min(len(samples), CALIBRATION_IMAGES))]
     x = torch.stack([b["image"] for b in batch]).to(device)
     m = torch.stack([b["context"] for b in batch]).to(device) if "context" in batch[0] else None
-    with counter(len(frozen_bns(model)), "cam BN statistics") as bar:
-        calibrate_bn_statistics(model, x, m, on_layer=bar.update)
+    calibrate_random_bns(model, x, m, name="cam backbone", log=log, samples=f"{len(batch)} training images",
+                         why="random initialisation (cam.backbone.pretrained is null)")
 
 
 def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,

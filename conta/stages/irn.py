@@ -28,12 +28,12 @@ from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError
 from conta.io import load_label_png
-from conta.models.cam_net import calibrate_bn_statistics, frozen_bns
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
 from conta.models.resnet import resnet
 from conta.models.weights import load_backbone_weights
 from conta.ops.path_index import PathIndex
-from conta.progress import counter, progress
+from conta.progress import progress
+from conta.stages.calibration import calibrate_random_bns
 from conta.stages.paths import read_metrics, round_paths, update_metrics
 
 CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
@@ -110,18 +110,11 @@ def displacement_mean(model: IRN, dataset: VOCLayoutDataset, ids: list[str], dev
 
 
 def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: Callable[[str], None]) -> None:
-    """A random backbone's frozen BN statistics, estimated from the first training crops.
-
-    With the (0, 1) statistics of a fresh network its BNs do not normalise and the deeper
-    stages' features are badly scaled; ImageNet weights bring their own statistics instead.
-    """
+    """A random backbone's frozen BN statistics, estimated from the first training crops."""
     count = min(len(samples), CALIBRATION_IMAGES)
-    layers = len(frozen_bns(model.backbone))
-    log(f"irn backbone: random initialisation (irn.backbone.pretrained is null); "
-        f"estimating the statistics of its {layers} BN layers from {count} training crops")
     images = torch.stack([samples[i]["image"] for i in range(count)]).to(device)
-    with counter(layers, "irn BN statistics") as bar:
-        calibrate_bn_statistics(model.backbone, images, on_layer=bar.update)
+    calibrate_random_bns(model.backbone, images, name="irn backbone", log=log, samples=f"{count} training crops",
+                         why="random initialisation (irn.backbone.pretrained is null)")
 
 
 def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[dict]:

@@ -22,7 +22,6 @@ Test as deeplab-pytorch: the whole unpadded image, logits upsampled straight to 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,28 +37,27 @@ from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
 from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
                                    sample_rng, to_chw)
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from conta.engine.checkpoint import load_checkpoint
 from conta.engine.device import loader_workers, resolve_device, seed_everything
-from conta.engine.distributed import (RankSlices, barrier, grad_sync, is_main, local_world_size,
-                                      main_only, world_size, wrap_ddp)
+from conta.engine.distributed import (RankSlices, barrier, is_main, local_batch, local_world_size,
+                                      main_only, world_size)
 from conta.engine.inference import WriteJob, pending, run_inference
-from conta.engine.loop import LossBuffer
 from conta.engine.parallel import run_parallel
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
 from conta.engine.sync_bn import convert_sync_batchnorm
+from conta.engine.trainer import Checkpointer, LossCheck, LRSchedule, ProgressBar, Trainer
 from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import DEEPLAB, format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
 from conta.models.convert import LOADABLE
-from conta.models.cam_net import calibrate_bn_statistics, frozen_bns
 from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.models.weights import load_backbone_weights
-from conta.progress import counter, progress, rate
 from conta.seg_predictor import (architecture_note, build_seg_model, load_seg_model, logits_to_probs,
                                  model_meta, predict_logits, save_seg_model, trains_bn)
+from conta.stages.calibration import calibrate_random_bns
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.stages.provenance import claim, made_by, model_identity
 
@@ -158,7 +156,7 @@ left the from-scratch demo segmenter's results swinging with the seed."""
 
 
 def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
-                 sample_images: Callable[[], torch.Tensor]) -> str:
+                 sample_images: Callable[[], torch.Tensor], log: Log = print) -> str:
     """Apply seg.pretrained (whose `pretrained_meta` is `source_meta`) and say what it did.
 
     null                  random initialisation; v2's frozen BN statistics estimated on `sample_images()`
@@ -173,8 +171,8 @@ def init_weights(model: MSC, seg: SegConfig, source_meta: dict | None,
         # frozen BN keeps a random net's identity statistics, so activations are badly scaled and
         # training from scratch stalls or diverges; estimate them from data instead
         images = sample_images()
-        with counter(len(frozen_bns(model.base)), "seg BN statistics") as bar:
-            n = calibrate_bn_statistics(model.base, images, on_layer=bar.update)
+        n = calibrate_random_bns(model.base, images, name="seg train", log=log, samples=f"{len(images)} training crops",
+                                 why="random initialisation (seg.pretrained is null)")
         return f"seg.pretrained is null: random initialisation, {n} BN layers' statistics from {len(images)} training crops"
     if source_meta is not None:
         return load_converted(model, source)
@@ -197,7 +195,7 @@ def _stride_in_1x1(seg: SegConfig, meta: dict | None) -> bool:
 
 def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) -> Path:
     """Train the round's DeepLab; returns round_<t>/seg/model.pt (skips when it exists, resumes from checkpoint.pt)."""
-    from conta.engine.tensorboard import TrainLogger  # here: inference and CRF workers need no TensorBoard
+    from conta.engine.tensorboard import TensorBoard  # here: inference and CRF workers need no TensorBoard
 
     log = main_only(log)
     seg, paths = cfg.seg, round_paths(cfg, t)
@@ -222,83 +220,47 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     meta = model_meta(seg, ["background", *dataset.class_names], _stride_in_1x1(seg, source_meta))
     model = build_seg_model(meta)
     ckpt_path = paths.seg / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if state is not None:
-        if state.get("meta") != meta:
-            raise ContaError(f"{ckpt_path}: made with another seg model or dataset; delete it to start over")
-        model.load_state_dict(state["model"])
-    else:
+    if not ckpt_path.is_file():  # a resumed run gets its weights from the checkpoint
         def first_crops() -> torch.Tensor:  # the samples of the first iterations
-            count = max(per_iteration, CALIBRATION_CROPS)
-            log(f"seg train: estimating the BN statistics of a random trunk from {count} training crops")
-            return torch.stack([stream[k][0] for k in range(count)])
+            return torch.stack([stream[k][0] for k in range(max(per_iteration, CALIBRATION_CROPS))])
 
-        log(f"seg train: {init_weights(model, seg, source_meta, first_crops)}")
-    start = int(state["iteration"]) if state is not None else 0
-    sampler = RankSlices(range(seg.iterations * per_iteration), per_iteration, range(start, seg.iterations),
-                         "seg.batch_size x seg.iter_size")
-    micro, steps = micro_batches(sampler.local, seg.batch_size)
+        log(f"seg train: {init_weights(model, seg, source_meta, first_crops, log)}")
+    micro, steps = micro_batches(local_batch(per_iteration, "seg.batch_size x seg.iter_size"), seg.batch_size)
     synced = synchronise_bn(model, meta, seg, micro, device)
     precision = Precision.from_run(cfg.run, device)
-    precision.model(model.to(device).train())
-    net = wrap_ddp(model, device)
+    model.to(device).train()
     optimizer, schedule = build_optimizer(model, seg)
-    scaler = precision.scaler()
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):  # empty when saved without fp16 loss scaling
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(state)
-        log(f"seg train: resuming at iteration {start} from {ckpt_path}")
-    logger = TrainLogger(paths.seg / "tb", seg.average_loss, start, state.get("loss_window") if state else None) \
-        if is_main() else None
-
     if world_size() > 1:
-        log(f"seg train: {world_size()} processes x {sampler.local} samples per iteration "
+        log(f"seg train: {world_size()} processes x {micro * steps} samples per iteration "
             f"(micro-batches of {micro} x {steps}{', BN synchronised over them' if synced else ''})")
-    # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
-    # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
-    # uninterrupted one
-    loader = DataLoader(stream, batch_size=micro, num_workers=loader_workers(cfg.data.num_workers, device),
-                        sampler=sampler, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.run.seed))
-    batches = iter(loader)
-    upsample = trains_bn(meta)  # v3/v3+ score logits upsampled to the crop
-    bar = progress(range(start, seg.iterations), total=seg.iterations, initial=start, desc=f"seg train r{t}")
-    started = time.perf_counter()
-    pending = LossBuffer()
-    try:
-        for it in bar:
-            schedule.apply(it)
-            losses, (images, labels, outputs) = train_step(net, optimizer, scaler, batches, steps, device, precision,
-                                                           upsample)
-            pending.add(it, losses)
-            done = it + 1
-            flushed = []  # losses are read back (collectively) for the logs and checkpoints only
-            if done % seg.log_every == 0 or done % seg.save_every == 0 or done == seg.iterations:
-                flushed = pending.flush(head=sum, error=lambda at, loss: f"seg train: loss is {loss} at iteration "
-                                                                         f"{at + 1}; lower seg.lr or check the labels")
-            if logger is None:  # ranks > 0 only train
-                continue
-            for *_, loss in flushed:
-                average = logger.add_loss(loss)
-            if flushed:
-                bar.set_postfix(loss=f"{average:.4f}")
-            if done % seg.log_every == 0:
-                logger.log_scalars(done, optimizer)
-                if bar.disable:
-                    log(f"seg train: iteration {done}/{seg.iterations} loss {average:.4f} "
-                        f"lr {optimizer.param_groups[0]['lr']:.3g} ({rate(done - start, time.perf_counter() - started, 'iteration')})")
-            if done % seg.image_log_every == 0:
-                logger.log_image("train/image_pred_target", training_panel(images[0], outputs[-1][0], labels[0],
-                                                                           seg.normalization), done)
-            if done % seg.save_every == 0 or done == seg.iterations:
-                save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                scaler=scaler.state_dict(), iteration=done, loss_window=list(logger.loss.values),
-                                meta=meta)
-    finally:
-        if logger is not None:
-            logger.close()
+
+    def nan_error(at: int, loss: float) -> str:
+        return f"seg train: loss is {loss} at iteration {at + 1}; lower seg.lr or check the labels"
+
+    def saved(done: int) -> bool:
+        return done % seg.save_every == 0 or done == seg.iterations
+
+    step = SegStep(upsample=trains_bn(meta))  # v3/v3+ score logits upsampled to the crop
+    trainer = Trainer(model, optimizer, step, seg.iterations, device, precision=precision, accumulate=steps, hooks=[
+        LRSchedule(schedule),
+        ProgressBar(lambda _: f"seg train r{t}"),
+        LossCheck(lambda done: done % seg.log_every == 0 or saved(done), nan_error),
+        TensorBoard(paths.seg / "tb", seg.average_loss, seg.log_every, seg.image_log_every, "seg train",
+                    lambda: step.panel(seg.normalization), log),
+    ], checkpointer=Checkpointer(ckpt_path, saved, meta, on_resume=lambda tr: log(
+        f"seg train: resuming at iteration {tr.step} from {ckpt_path}")))
+
+    def batches(start: int) -> Iterator:
+        sampler = RankSlices(range(seg.iterations * per_iteration), per_iteration, range(start, seg.iterations),
+                             "seg.batch_size x seg.iter_size")
+        # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
+        # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
+        # uninterrupted one
+        return iter(DataLoader(stream, batch_size=micro, num_workers=loader_workers(cfg.data.num_workers, device),
+                               sampler=sampler, pin_memory=device.type == "cuda",
+                               generator=torch.Generator().manual_seed(cfg.run.seed)))
+
+    trainer.train(batches)
     if is_main():
         save_seg_model(model_path, model, meta)
     barrier()
@@ -338,47 +300,27 @@ def build_optimizer(model: MSC, seg: SegConfig) -> tuple[torch.optim.SGD, PolySc
     return optimizer, PolySchedule(optimizer, seg.lr, seg.iterations, seg.poly_power, seg.lr_decay_every)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
+class SegStep:
+    """The DeepLab step: MSC loss of one micro-batch (`upsample`: the logits upsampled to the crop
+    (v3/v3+, torchvision, pytorch-deeplab-xception), not the labels shrunk to them (v2)). It keeps
+    the last micro-batch for the TensorBoard panel."""
 
+    def __init__(self, upsample: bool = False) -> None:
+        self.upsample = upsample
+        self.last: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
 
-def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               batches: Iterator, steps: int, device: torch.device,
-               precision: Precision = Precision(), upsample: bool = False) -> tuple[list[torch.Tensor], Batch]:
-    """One iteration: `steps` accumulated micro-batches, then the optimizer step. Returns the
-    micro-batch losses as device tensors (the iteration's loss is their sum; `train` reads them
-    back, averages them over the ranks and checks them every seg.log_every iterations) and the last
-    micro-batch. `upsample`: the loss compares logits upsampled to the crop (v3/v3+), not labels
-    shrunk to them (v2)."""
-    losses, last = _accumulate(net, batches, steps, device, precision, scaler, upsample)
-    scaler.step(optimizer)
-    scaler.update()
-    return losses, last
+    def __call__(self, net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        images, labels = batch
+        outputs = net(images)
+        scored = [o.float() for o in outputs]
+        if self.upsample:
+            scored = [F.interpolate(o, size=labels.shape[-2:], mode="bilinear", align_corners=False) for o in scored]
+        self.last = images, labels, outputs
+        return msc_loss(scored, labels), {}
 
-
-def _accumulate(net: torch.nn.Module, batches: Iterator, steps: int, device: torch.device,
-                precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None,
-                upsample: bool = False) -> tuple[list[torch.Tensor], Batch]:
-    """Gradients of `steps` micro-batches, each loss divided by `steps` (one effective batch); under
-    DDP the gradients are all-reduced once, with the last backward pass. With `upsample` the logits
-    are bilinearly upsampled to the labels before the loss (torchvision, pytorch-deeplab-xception).
-
-    Returns the micro-batch losses (detached, on the device: no host synchronisation) and the last
-    micro-batch (images, labels, outputs) for logging.
-    """
-    net.zero_grad(set_to_none=True)
-    losses = []
-    for j in range(steps):
-        images, labels = (x.to(device, non_blocking=True) for x in next(batches))
-        with grad_sync(net, now=j == steps - 1):
-            with precision.autocast():
-                outputs = net(precision.input(images))
-            scored = [o.float() for o in outputs]
-            if upsample:
-                scored = [F.interpolate(o, size=labels.shape[-2:], mode="bilinear", align_corners=False) for o in scored]
-            loss = msc_loss(scored, labels) / steps
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        losses.append(loss.detach())
-    return losses, (images, labels, outputs)
+    def panel(self, normalization: str) -> np.ndarray:
+        images, labels, outputs = self.last
+        return training_panel(images[0], outputs[-1][0], labels[0], normalization)
 
 
 def training_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, normalization: str) -> np.ndarray:
