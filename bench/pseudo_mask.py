@@ -25,7 +25,7 @@ from conta.engine.device import resolve_device
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.ops.cam_fusion import strided_size
 from conta.stages.ir_label import CamRecord
-from conta.stages.irn import build_irn, image_tensor
+from conta.stages.irn import build_irn, image_tensor, irn_meta
 from conta.stages.pseudo_mask import pseudo_mask
 from _common import REPO, peak_gib, reset_peak_memory, write_json
 
@@ -34,7 +34,7 @@ def measure(cfg, size: tuple[int, int], images: int, classes: int, device: torch
     """{"cpu_s", "wall_s"}: medians per image over `images` timed images (after one untimed one)."""
     height, width = size
     gen = np.random.default_rng(0)
-    model = build_irn(cfg.irn, pretrained=False, log=lambda _: None).to(device).eval()
+    model = build_irn(irn_meta(cfg.irn)).to(device).eval()
     pictures = [gen.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(images + 1)]
     calibrate_bn_statistics(model.backbone, image_tensor(pictures[0])[None].to(device))
     record = CamRecord(np.arange(classes), gen.random((classes, *strided_size(height, width))).astype(np.float32))

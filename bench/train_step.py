@@ -29,7 +29,7 @@ from conta.models.cam_net import calibrate_bn_statistics
 from conta.models.irn import irn_losses
 from conta.ops.path_index import PathIndex
 from conta.stages import cam
-from conta.stages.irn import IrnTrainDataset, build_irn
+from conta.stages.irn import IrnTrainDataset, build_irn, irn_meta
 
 
 def _cam_setup(cfg: Config, device: torch.device):
@@ -47,7 +47,7 @@ def _cam_setup(cfg: Config, device: torch.device):
 
 def _irn_setup(cfg: Config, device: torch.device):
     data = build_dataset(cfg.data, cfg.data.train_split)
-    model = build_irn(cfg.irn, pretrained=False, log=lambda _: None).to(device)
+    model = build_irn(irn_meta(cfg.irn)).to(device)
     samples = IrnTrainDataset(data, data.ids, data.mask_dir, cfg.irn, cfg.run.seed)
     groups = [{"params": list(model.boundary_head.parameters())}]
     if model.displacement_head is not None:

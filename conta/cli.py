@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stage(irn_sub, "train", "train the IRN on the round's seed labels", _cmd_pseudo_mask).set_defaults(steps="irn")
     _stage(sub, "random-walk", "stage 4: pseudo-masks by the random walk of CAMs on IRN boundaries",
            _cmd_pseudo_mask).set_defaults(steps="pseudo_mask")
+    upgrade = "rewrite an IRN model.pt of the previous layout with the backbone layout of the config it was trained with"
+    _stage(irn_sub, "upgrade", upgrade, _cmd_irn_upgrade, single_process=True)
 
     data = sub.add_parser("data", help="datasets: generate the synthetic default, check a dataset")
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND")
@@ -256,6 +258,13 @@ def _cmd_pseudo_mask(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.pseudo_mask import parse_steps, run_pseudo_mask_stages
 
     run_pseudo_mask_stages(_round_config(args, cfg), args.round, parse_steps(args.steps))
+    return 0
+
+
+def _cmd_irn_upgrade(args: argparse.Namespace, cfg: Config) -> int:
+    from conta.stages.irn import upgrade_irn
+
+    upgrade_irn(_round_config(args, cfg), args.round)
     return 0
 
 

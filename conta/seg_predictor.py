@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conta.artifacts.model_file import load_weights, read_model_file, save_model_file
 from conta.config import Config, SegConfig
 from conta.data.transforms import normalize, resize_long_side, to_chw
-from conta.engine.checkpoint import load_checkpoint, save_checkpoint
 from conta.engine.device import resolve_device
 from conta.errors import ConfigError, ContaError
 from conta.models.deeplab import MSC, deeplab_v2, deeplab_v3, v3_rates
@@ -69,22 +69,14 @@ def trains_bn(meta: dict[str, Any]) -> bool:
 
 
 def save_seg_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    save_checkpoint(path, model=model.state_dict(), meta=meta)
+    save_model_file(path, model.state_dict(), meta)
 
 
 def load_seg_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[MSC, dict[str, Any]]:
     """Rebuild the network from the file's meta and load its weights strictly; eval mode."""
-    state = load_checkpoint(path)
-    if not (isinstance(state, dict) and "model" in state and state.get("meta", {}).get("kind") in KINDS.values()):
-        raise ContaError(f"{path}: not a whole conta DeepLab (a model.pt of `conta seg train`, "
-                         "or a `conta weights convert` output of kind deeplab_v2)")
-    meta = state["meta"]
-    model = build_seg_model(meta)
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        raise ContaError(f"{path}: weights do not match their own meta ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), meta
+    weights, meta = read_model_file(path, tuple(KINDS.values()), "a whole conta DeepLab (a model.pt of "
+                                    "`conta seg train`, or a `conta weights convert` output of kind deeplab_v2)")
+    return load_weights(build_seg_model(meta), weights, path).to(device).eval(), meta
 
 
 ARCHITECTURE_KEYS: tuple[str, ...] = ("kind", "arch", "width", "atrous_rates", "msc_scales", "normalization",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conta.engine import loop, trainer
-from conta.engine.checkpoint import load_checkpoint, load_model_weights, restore_rng, save_checkpoint
+from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor
@@ -140,7 +140,8 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
     torch.manual_seed(123)  # a fresh process: different RNG, freshly built model
     resumed, resumed_opt = _model_and_opt()
-    state = load_model_weights(resumed, tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    resumed.load_state_dict(state["model"])
     resumed_opt.load_state_dict(state["optimizer"])
     restore_rng(state)
     _train_step(resumed, resumed_opt)
@@ -257,19 +258,6 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ContaError, match="checkpoint not found") as info:
         load_checkpoint(tmp_path / "none.pt")
     assert str(tmp_path / "none.pt") in str(info.value)
-
-
-def test_model_weights_must_fit(tmp_path: Path) -> None:
-    path = tmp_path / "w.pt"
-    save_checkpoint(path, model=nn.Linear(3, 2).state_dict())
-    with pytest.raises(ContaError) as info:
-        load_model_weights(nn.Linear(3, 5), path)  # wrong shape
-    assert str(path) in str(info.value) and "do not fit" in str(info.value)
-    with pytest.raises(ContaError):
-        load_model_weights(nn.Sequential(nn.Linear(3, 2)), path)  # wrong key names ("0.weight")
-    save_checkpoint(tmp_path / "no_model.pt", step=1)
-    with pytest.raises(ContaError, match="no 'model' entry"):
-        load_model_weights(nn.Linear(3, 2), tmp_path / "no_model.pt")
 
 
 # -- device and seeding ------------------------------------------------------------------------

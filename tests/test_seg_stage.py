@@ -166,6 +166,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
     with pytest.raises(KeyboardInterrupt):
         seg.train(resumed, 0, log=lambda s: None)
     assert not (round_paths(resumed, 0).seg / "model.pt").exists()
+    ckpt = round_paths(resumed, 0).seg / "checkpoint.pt"  # rewritten as the previous layout counted: "iteration"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**{k: v for k, v in state.items() if k != "step"}, "iteration": state["step"]}, ckpt)
     messages: list[str] = []
     seg.train(resumed, 0, log=messages.append)
     assert any("resuming at iteration 3" in m for m in messages)

@@ -64,16 +64,3 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch_rng"].cpu())
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-
-
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load the `model` entry of a checkpoint strictly; returns the whole checkpoint."""
-    state = load_checkpoint(path)
-    if "model" not in state:
-        raise ContaError(f"{path}: no 'model' entry; is this a conta checkpoint?")
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:2] or [str(exc)]
-        raise ContaError(f"{path}: weights do not fit the configured model ({first[0].strip()})") from None
-    return state

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from conta.data.voc import VOC_CLASSES
-from conta.engine.checkpoint import load_checkpoint, save_torch
+from conta.artifacts.model_file import read_model_file, save_model_file
 from conta.errors import ContaError
 from conta.models.deeplab import MSC, deeplab_v2
 from conta.models.resnet import ARCHS, Bottleneck, ResNet, resnet
@@ -311,9 +311,9 @@ def _check_keys(state: dict[str, Tensor], own: dict[str, Tensor], source: str | 
 
 
 def save_conversion(conversion: Conversion, out: str | Path) -> Path:
-    """Write {"model", "meta"} atomically."""
+    """Write the model file {"model", "meta"} atomically."""
     out = Path(out)
-    save_torch(out, {"model": conversion.state, "meta": conversion.meta})
+    save_model_file(out, conversion.state, conversion.meta)
     return out
 
 
@@ -324,15 +324,11 @@ def load_converted(model: MSC, path: str | Path) -> str:
     """Initialise a DeepLab from a converted file or a conta segmenter: the trunk strictly, the head
     (ASPP, and v3+'s decoder) too when the file's is of the same architecture with the same shapes
     (else it keeps its random init, e.g. COCO's 91 classes into VOC's 21)."""
-    state = load_checkpoint(path)
-    meta = state.get("meta") if isinstance(state, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") not in LOADABLE:
-        raise ContaError(f"{path}: not a converted weights file (make one with `conta weights convert`)")
+    weights, meta = read_model_file(path, LOADABLE, "a converted weights file (make one with `conta weights convert`)")
     backbone: ResNet = model.base.backbone
     if _stride_in_1x1(backbone) != meta["stride_in_1x1"]:
         raise ContaError(f"{path}: weights for stride_in_1x1={meta['stride_in_1x1']}, but the model was built "
                          f"with the other block layout; build it from the file's meta")
-    weights = state["model"]
     if meta["kind"] == "resnet_backbone":
         trunk, head = weights, {}
     else:

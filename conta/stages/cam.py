@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conta.artifacts.model_file import load_weights, read_model_file, save_model_file
 from conta.config import CamConfig, Config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.checkpoint import load_checkpoint, load_model_weights, save_torch
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
@@ -62,6 +62,7 @@ ContextProvider = Callable[[str], np.ndarray]
 
 Log = Callable[[str], None]
 MODEL_FILE = "model.pt"
+CAM_KIND = "cam_net"
 CALIBRATION_IMAGES = 32
 
 
@@ -72,12 +73,10 @@ def cam_meta(cam: CamConfig, data: VOCLayoutDataset, context_at: ContextAt | Non
              context_module: torch.nn.Module | None = None) -> dict:
     """What model.pt records to rebuild the classifier for `data`'s classes."""
     bb = cam.backbone
-    return {"arch": bb.arch, "width": bb.width, "strides": list(bb.strides), "dilations": list(bb.dilations),
-            "n_classes": data.n_classes, "class_names": list(data.class_names), "context_at": context_at,
+    return {"kind": CAM_KIND, "arch": bb.arch, "width": bb.width, "strides": list(bb.strides),
+            "dilations": list(bb.dilations), "n_classes": data.n_classes, "class_names": list(data.class_names),
+            "context_at": context_at,
             "context_module": type(context_module).__name__ if context_module is not None else None}
-
-
-CAM_META_KEYS = frozenset({"arch", "width", "strides", "dilations", "n_classes", "context_at", "context_module"})
 
 
 def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
@@ -92,23 +91,17 @@ def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
 
 def save_cam_net(path: Path, model: CamNet, meta: dict) -> None:
     """model.pt: the weights and the `meta` that `build_cam_net` rebuilds the network from."""
-    save_torch(path, {"model": model.state_dict(), "meta": meta})
+    save_model_file(path, model.state_dict(), meta)
 
 
 def load_cam_net(path: Path, context_module: torch.nn.Module | None = None) -> CamNet:
     """Rebuild a trained classifier from model.pt; a context module must be passed again (same
     structure) because only its weights are stored."""
-    state = load_checkpoint(path)
-    meta = state.get("meta") if isinstance(state, dict) else None
-    if not isinstance(meta, dict) or not CAM_META_KEYS <= set(meta):
-        raise ContaError(f"{path}: not a conta CAM classifier (a model.pt of `conta cam train`); "
-                         "is it another stage's model?")
+    weights, meta = read_model_file(path, (CAM_KIND,), "a conta CAM classifier (a model.pt of `conta cam train`)")
     if (meta["context_module"] is None) != (context_module is None):
         raise ContaError(f"{path}: trained with context module {meta['context_module']!r}, "
                          f"given {type(context_module).__name__ if context_module is not None else None!r}")
-    model = build_cam_net(meta, context_module)
-    load_model_weights(model, path)
-    return model
+    return load_weights(build_cam_net(meta, context_module), weights, path)
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -16,17 +16,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from conta.artifacts.model_file import OLD_IRN, load_weights, read_meta, read_model_file, save_model_file
 from conta.config import Config, IrnConfig
 from conta.data.build import build_dataset
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, to_chw
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.checkpoint import load_model_weights, save_checkpoint
+from conta.engine.checkpoint import load_checkpoint
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, mean_over_ranks, shard
 from conta.engine.loop import EpochAugmented, EpochTraining, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
-from conta.errors import ConfigError, ContaError
+from conta.errors import ConfigError, ContaError, DataError
 from conta.io import load_label_png
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
 from conta.models.resnet import resnet
@@ -37,6 +38,7 @@ from conta.stages.calibration import calibrate_random_bns
 from conta.stages.paths import read_metrics, round_paths, update_metrics
 
 CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
+IRN_KIND = "irn"
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -75,23 +77,49 @@ class IrnTrainDataset(EpochAugmented):
         return {"image": torch.from_numpy(to_chw(image)), "label": torch.tensor(label)}  # PIL arrays are read-only
 
 
-def build_irn(cfg: IrnConfig, pretrained: bool = True, log: Callable[[str], None] = print) -> IRN:
-    """An IRN on a fresh backbone; `pretrained` loads the configured ImageNet weights into it."""
-    backbone = cfg.backbone
-    net = resnet(backbone.arch, backbone.width, backbone.strides, backbone.dilations)
-    if pretrained and backbone.pretrained:
-        log(f"irn backbone: {load_backbone_weights(net, backbone.pretrained, backbone.arch, 'irn.backbone.pretrained')}")
-    return IRN(net, displacement=cfg.displacement)
+def irn_meta(irn: IrnConfig) -> dict:
+    """What model.pt records to rebuild the network (training adds what it was trained on)."""
+    bb = irn.backbone
+    return {"kind": IRN_KIND, "arch": bb.arch, "width": bb.width, "strides": list(bb.strides),
+            "dilations": list(bb.dilations), "displacement": irn.displacement}
+
+
+def build_irn(meta: dict, pretrained: str | None = None, log: Callable[[str], None] = print) -> IRN:
+    """The IRN `meta` describes (`irn_meta`), on a fresh backbone; `pretrained` ImageNet weights go into it."""
+    net = resnet(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
+    if pretrained:
+        log(f"irn backbone: {load_backbone_weights(net, pretrained, meta['arch'], 'irn.backbone.pretrained')}")
+    return IRN(net, displacement=meta["displacement"])
 
 
 def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
-    """The trained IRN of round t, loaded strictly, in eval mode on `device`."""
+    """The trained IRN of round t, rebuilt from its model.pt alone and loaded strictly, in eval mode on `device`."""
     path = round_paths(cfg, t).irn / "model.pt"
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
-    model = build_irn(cfg.irn, pretrained=False)
-    load_model_weights(model, path)
-    return model.to(device).eval()
+    weights, meta = read_model_file(path, (IRN_KIND,), "a conta IRN (a model.pt of `conta irn train`)")
+    return load_weights(build_irn(meta), weights, path).to(device).eval()
+
+
+def upgrade_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> Path:
+    """Rewrite round t's IRN model.pt of the previous layout with the backbone strides and
+    dilations of `cfg` (the config it was trained with), checked by a strict load."""
+    path = round_paths(cfg, t).irn / "model.pt"
+    if not path.is_file():
+        raise ContaError(f"{path}: no trained IRN to upgrade")
+    found = read_meta(path)
+    if found is None or found["kind"] != OLD_IRN:
+        raise DataError(path, "not an IRN model file of the previous layout; nothing to upgrade")
+    state = load_checkpoint(path)
+    meta = state["meta"]
+    new = {**meta, **irn_meta(cfg.irn), "displacement": meta["displacement"]}
+    if (new["arch"], new["width"]) != (meta["arch"], meta["width"]):
+        raise ConfigError(f"irn.backbone: the file was trained with {meta['arch']} width {meta['width']}, "
+                          f"the config has {new['arch']} width {new['width']}; give the config it was trained with")
+    load_weights(build_irn(new), state["model"], path)
+    save_model_file(path, state["model"], new)
+    log(f"irn upgrade: {path} now records strides {new['strides']} and dilations {new['dilations']}")
+    return path
 
 
 @torch.no_grad()
@@ -143,7 +171,8 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
                          precision=Precision.from_run(cfg.run, device), log_every=cfg.irn.log_every)
     max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
-    model = build_irn(cfg.irn, log=log).to(device)
+    meta = irn_meta(cfg.irn)
+    model = build_irn(meta, cfg.irn.backbone.pretrained, log).to(device)
     if not cfg.irn.backbone.pretrained:
         _calibrate(model, train_set, device, log)
     groups = [{"params": list(model.boundary_head.parameters()), "lr_mult": 1.0}]
@@ -169,9 +198,8 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     if model.displacement_head is not None:
         model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, cfg.irn.crop_size))
     if is_main():
-        save_checkpoint(model_path, model=model.state_dict(), meta={
-            "arch": cfg.irn.backbone.arch, "width": cfg.irn.backbone.width, "radius": cfg.irn.radius,
-            "images": len(ids), "steps": max_step, "displacement": cfg.irn.displacement,
+        save_model_file(model_path, model.state_dict(), {
+            **meta, "radius": cfg.irn.radius, "images": len(ids), "steps": max_step,
             "displacement_mean": model.displacement_mean.tolist(),
         })
         checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent

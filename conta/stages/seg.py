@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from conta.artifacts.model_file import read_meta
 from conta.config import Config, CrfConfig, SegConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
 from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
                                    sample_rng, to_chw)
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.checkpoint import load_checkpoint
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import (RankSlices, barrier, is_main, local_batch, local_world_size,
                                       main_only, world_size)
@@ -145,9 +145,8 @@ def pretrained_meta(source: str | None) -> dict | None:
     output); None for null, "hub" and torchvision ImageNet files."""
     if source is None or source == "hub" or not Path(source).is_file():
         return None
-    state = load_checkpoint(source)
-    meta = state.get("meta") if isinstance(state, dict) else None
-    return meta if isinstance(meta, dict) and meta.get("kind") in LOADABLE else None
+    meta = read_meta(source)
+    return meta if meta is not None and meta["kind"] in LOADABLE else None
 
 
 CALIBRATION_CROPS = 32
