@@ -13,6 +13,7 @@ from torch import nn
 from conta.engine import loop, trainer
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
+from conta.engine.trainer import Checkpointer, Hook, Trainer
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor
 from conta.errors import ConfigError, ContaError
@@ -297,3 +298,35 @@ def test_seed_everything_repeats_all_generators() -> None:
     assert draw() == first
     seed_everything(12)
     assert draw() != first
+
+
+def test_trainer_accumulates_runs_hooks_in_order_and_refuses_another_models_checkpoint(tmp_path: Path) -> None:
+    """Two micro-batches per step (each loss halved), hooks around every step, the checkpointer
+    last (it sees the step the others saw); a checkpoint of another meta is refused on resume."""
+    events: list[tuple[str, int]] = []
+
+    class Spy(Hook):
+        def before_step(self, t: Trainer) -> None:
+            events.append(("before", t.step))
+
+        def after_step(self, t: Trainer) -> None:
+            events.append(("after", t.step))
+
+    def run(meta: dict) -> tuple[Trainer, list[list[float]]]:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        checkpointer = Checkpointer(tmp_path / "c.pt", lambda step: step == 2, meta)
+        trainer = Trainer(model, opt, lambda net, b: (net(b[0]).pow(2).mean(), {}), 2, torch.device("cpu"),
+                          [Spy()], accumulate=2, checkpointer=checkpointer)
+        trainer.losses.add = lambda step, values, meta=None: seen.append([v.item() for v in values])
+        seen: list[list[float]] = []
+        trainer.train(lambda start: iter([(torch.ones(2, 3),)] * 4))
+        return trainer, seen
+
+    trainer, seen = run({"kind": "a"})
+    assert events == [("before", 0), ("after", 1), ("before", 1), ("after", 2)]
+    assert trainer.step == 2 and len(seen) == 2 and len(seen[0]) == 2 and seen[0][0] == seen[0][1]
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 2
+    with pytest.raises(ContaError, match="made with another model"):
+        run({"kind": "b"})
