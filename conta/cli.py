@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,10 +17,11 @@ from pathlib import Path
 
 from conta import __version__
 from conta.config import Config, DataConfig, load_config
-from conta.engine.device import resolve_device
+from conta.engine.device import cores_per_process, resolve_device
 from conta.engine.distributed import (barrier, init_distributed, launched_rank, launched_world_size, rank, teardown,
                                       torchrun_command, world_size)
 from conta.errors import ContaError
+from conta.registry import DATASETS
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
 
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks = eval_sub.add_parser("masks", help="mIoU of a folder of predicted PNGs")
     masks.add_argument("--pred", required=True, type=Path, help="folder of <id>.png predictions")
     masks.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config whose data section to use")
-    masks.add_argument("--dataset", choices=["synthetic", "voc12", "coco14", "folder"],
-                       help="overrides data.dataset (default: synthetic, i.e. any VOC-layout folder)")
+    masks.add_argument("--dataset", help="overrides data.dataset, a registered dataset name "
+                                          "(default: synthetic, i.e. any VOC-layout folder)")
     masks.add_argument("--root", type=Path, help="dataset root; overrides data.root")
     masks.add_argument("--split", required=True, help="the split whose images are scored (e.g. val, train_aug, val2014)")
     masks.add_argument("--json", type=Path, help="also write the scores as JSON here")
@@ -342,7 +342,7 @@ def _cmd_eval_masks(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-# -- datasets and weights (conta.stages.data_check, conta.data.voc12, conta.models.convert) ----
+# -- datasets and weights (conta.stages.data_check, conta.data.voc12, conta.weights.convert) ----
 
 
 def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
@@ -353,11 +353,11 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
     ):
         p = data_sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", "--config-path", dest="config", type=Path, help="YAML config whose data section to use")
-        p.add_argument("--dataset", choices=["synthetic", "voc12", "coco14", "folder"], help="overrides data.dataset")
+        p.add_argument("--dataset", help="overrides data.dataset (a registered dataset name)")
         p.add_argument("--root", type=Path, help="overrides data.root")
         p.add_argument("--split", action="append", help="a split to cover (repeatable; default: the dataset's usual ones)")
         if name == "check":
-            p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+            p.add_argument("--workers", type=_positive_int, default=cores_per_process(1),
                            help="processes decoding the files (default: all CPU cores)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.cache_dir=/scratch")
         p.set_defaults(handler=handler, single_process=True)
@@ -372,7 +372,7 @@ def _add_dataset_commands(data_sub: argparse._SubParsersAction) -> None:
                                             "mask where one exists, else SBD's cls/<id>.mat (no SciPy needed)")
     masks.add_argument("--root", required=True, type=Path, help="VOCdevkit/VOC2012")
     masks.add_argument("--sbd", required=True, type=Path, help="SBD's benchmark_RELEASE folder")
-    masks.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+    masks.add_argument("--workers", type=_positive_int, default=cores_per_process(1),
                        help="processes (default: all CPU cores)")
     masks.set_defaults(handler=_cmd_data_sbd_masks, config=None, overrides=[], single_process=True)
 
@@ -391,6 +391,7 @@ def _add_weights_commands(weights_sub: argparse._SubParsersAction) -> None:
 def _data_config(args: argparse.Namespace, cfg: Config) -> DataConfig:
     data = cfg.data
     if args.dataset:
+        DATASETS.check(args.dataset, "--dataset")
         data = dataclasses.replace(data, dataset=args.dataset)
     if args.root:
         data = dataclasses.replace(data, root=str(args.root))
@@ -431,7 +432,7 @@ def _cmd_data_sbd_masks(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _cmd_weights_convert(args: argparse.Namespace, cfg: Config) -> int:
-    from conta.models.convert import convert_caffemodel, convert_deeplab_pytorch, save_conversion
+    from conta.weights.convert import convert_caffemodel, convert_deeplab_pytorch, save_conversion
 
     names = None
     if args.class_names:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from conta.errors import ConfigError
+from conta.registry import DATASETS
 
 MIN_SIDE = 16
 """Smallest crop or image side (pixels): the classifier's output stride, below which it has no feature cell."""
@@ -74,8 +75,6 @@ class ContextSpec:
 class SynthConfig:
     """The embedded synthetic dataset with controlled confounding (see docs/synthetic.md)."""
 
-    # Background styles the generator can draw (conta.data.synthetic keeps one renderer per name).
-    BACKGROUND_STYLES: typing.ClassVar[tuple[str, ...]] = ("plain", "water", "grass", "sky", "road")
     # Distinct part markers: 5 shapes x 3 patterns x 7 colours (coprime, so index i -> unique triple).
     MAX_CLASSES: typing.ClassVar[int] = 105
 
@@ -118,8 +117,10 @@ class SynthConfig:
         _check(len(self.classes) + self.marker_offset <= self.MAX_CLASSES, f"{key}.classes",
                f"at most {self.MAX_CLASSES} distinct part markers: {len(self.classes)} classes from marker {self.marker_offset} do not fit")
         _check(len(set(self.backgrounds)) == len(self.backgrounds) > 0, f"{key}.backgrounds", "must be unique and non-empty")
+        from conta.data.synthetic import BACKGROUND_STYLES  # the renderers' names; here, as that module imports this one
+
         for i, name in enumerate(self.backgrounds):
-            _check(name in self.BACKGROUND_STYLES, f"{key}.backgrounds[{i}]", f"unknown background {name!r} (known: {', '.join(self.BACKGROUND_STYLES)})")
+            _check(name in BACKGROUND_STYLES, f"{key}.backgrounds[{i}]", f"unknown background {name!r} (known: {', '.join(BACKGROUND_STYLES)})")
         if self.background_weights:
             _check(len(self.background_weights) == len(self.backgrounds), f"{key}.background_weights", "needs one weight per background (or [] for uniform)")
             _check(min(self.background_weights) >= 0 and sum(self.background_weights) > 0, f"{key}.background_weights", "must be >= 0 with a positive sum")
@@ -146,7 +147,7 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "voc12", "coco14", "folder"] = "synthetic"
+    dataset: str = "synthetic"           # a name registered in conta.registry.DATASETS (docs/datasets.md)
     root: str = "data/synthetic"
     train_split: str = "train"          # classifier and IRN training
     infer_split: str = "train"          # CAMs, seeds and pseudo-masks are made for these ids
@@ -161,6 +162,7 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def validate(self, key: str) -> None:
+        DATASETS.check(self.dataset, f"{key}.dataset")
         _check(bool(self.root), f"{key}.root", "must be a path")
         _check(self.num_workers == "auto" or self.num_workers >= 0, f"{key}.num_workers", "must be auto or >= 0")
 

@@ -18,6 +18,7 @@ from conta.config import CamConfig, Config, load_config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.transforms import denormalize
 from conta.errors import ContaError
+from conta.eval.metrics import Leakage, average_precision
 from conta.io import load_json
 from conta.models.cam_net import CamNet
 from conta.models.resnet import resnet
@@ -58,18 +59,18 @@ def test_average_precision_by_hand() -> None:
     scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.4], [0.3, 0.2, 0.3], [0.1, 0.9, 0.2]])
     labels = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
     # class 0 ranks +,-,+,-: precisions 1/1 and 2/3; class 1 ranks -,+,-,-: 1/2; class 2 has no positive
-    ap = cam.average_precision(scores, labels)
+    ap = average_precision(scores, labels)
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2) and ap[1] == pytest.approx(0.5) and np.isnan(ap[2])
 
 
 def test_leakage_by_hand() -> None:
     gt = np.array([[0, 0, 2, 2], [0, 1, 2, 255]], np.uint8)
     cams = np.array([[[0.0, 0.5, 1.0, 0.5], [0.0, 1.0, 0.0, 9.0]]])  # class 0 (label 1); 255 is ignored
-    probe = cam.Leakage("a -> b", source=0, target=2, partner=1)
+    probe = Leakage("a -> b", source=0, target=2, partner=1)
     probe.update([0, 1], np.concatenate([cams, cams]), gt)
     probe.update([0], cams, gt)  # partner not tagged: not counted
     assert probe.result() == pytest.approx({"share": 1.5 / 3.0, "area": 3 / 7, "images": 1})
-    background = cam.Leakage("a -> background", source=0, target=0)
+    background = Leakage("a -> background", source=0, target=0)
     background.update([0], cams, gt)
     assert background.result()["share"] == pytest.approx(0.5 / 3.0)
 

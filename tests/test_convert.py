@@ -12,10 +12,10 @@ import torch
 
 from conta.cli import main
 from conta.errors import ContaError
-from conta.models.caffe.proto import message_class
-from conta.models.convert import (BN_EPS, convert_caffemodel, convert_deeplab_pytorch, load_converted,
-                                  save_conversion)
 from conta.models.deeplab import deeplab_v2
+from conta.weights.caffe.proto import message_class
+from conta.weights.convert import (BN_EPS, convert_caffemodel, convert_deeplab_pytorch, load_converted,
+                                   save_conversion)
 
 WIDTH = 4
 BLOCKS_101 = (3, 4, 23, 3)
@@ -179,7 +179,7 @@ def test_caffe_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.Monke
         convert_caffemodel(tmp_path / "text.caffemodel")
     with pytest.raises(ContaError, match="caffemodel not found"):
         convert_caffemodel(tmp_path / "absent.caffemodel")
-    monkeypatch.setitem(sys.modules, "conta.models.caffe.reader", None)  # as if protobuf were missing
+    monkeypatch.setitem(sys.modules, "conta.weights.caffe.reader", None)  # as if protobuf were missing
     with pytest.raises(ContaError, match=r'pip install "conta\[caffe\]"'):
         convert_caffemodel(tmp_path / "bad.caffemodel")
 

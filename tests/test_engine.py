@@ -12,7 +12,8 @@ from torch import nn
 
 from conta.engine import loop, trainer
 from conta.engine.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
+from conta.engine.loop import EpochTraining, train_epochs
+from conta.engine.sampling import EpochAugmented
 from conta.engine.trainer import Checkpointer, Hook, Trainer
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.schedule import PolySchedule, poly_factor

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from conta.config import Config, PretrainConfig, SynthConfig, load_config, to_dict
+from conta.data import synthetic
 from conta.data.synthetic import draw_image, part_marker, pretraining_world
 from conta.errors import ContaError
-from conta.models import weights
 from conta.models.resnet import FrozenStatsBatchNorm2d, resnet
 from conta.data.synthetic import label_tags
 from conta.stages.pretrain import WorldImages, classification_metrics, pretrain
+from conta.weights import backbone as weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def test_pretraining_world_shares_no_part_marker_with_the_demo() -> None:
     assert len(_markers(world)) == len(world.classes)  # every pretraining class has its own marker
     assert not _markers(world) & _markers(SynthConfig())
     assert not _markers(world) & _markers(demo)
-    assert set(world.backgrounds) == set(SynthConfig.BACKGROUND_STYLES)
+    assert set(world.backgrounds) == set(synthetic.BACKGROUND_STYLES)
     assert world.pairs == [] and world.contexts == [] and world.seed != demo.seed
 
 

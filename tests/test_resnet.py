@@ -8,7 +8,7 @@ import torch
 
 from conta.errors import ContaError
 from conta.models.resnet import FrozenStatsBatchNorm2d, convert_batchnorm, resnet
-from conta.models.weights import load_backbone_weights
+from conta.weights.backbone import load_backbone_weights
 
 LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 EXPANSION = {"resnet18": 1, "resnet34": 1, "resnet50": 4, "resnet101": 4}

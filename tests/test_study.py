@@ -13,14 +13,14 @@ import torch
 
 from conta.config import Config, load_config
 from conta.errors import ContaError
-from conta.eval import report, study_stats
-from conta.eval.study_report import write_study
+from conta.eval import study_stats
 from conta.eval.study_stats import paired_difference, sample_sd, spread, summarise, t_quantile
 from conta.io import save_json
-from conta.stages import rounds, study
+from conta.stages import report, rounds, study
 from conta.stages.paths import round_paths
 from conta.stages.rounds import with_control_runs
 from conta.stages.study import run_study, seed_config, study_dir
+from conta.stages.study_report import write_study
 
 
 # -- arithmetic ------------------------------------------------------------------------------

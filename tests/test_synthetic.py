@@ -250,9 +250,8 @@ def test_shared_body_hides_the_class_in_the_body() -> None:
 
 def test_markers_are_distinct_and_backgrounds_all_drawable() -> None:
     assert len({part_marker(i) for i in range(SynthConfig.MAX_CLASSES)}) == SynthConfig.MAX_CLASSES
-    assert set(synthetic._BACKGROUNDS) == set(SynthConfig.BACKGROUND_STYLES)
-    cfg = small(backgrounds=list(SynthConfig.BACKGROUND_STYLES), contexts=[])
-    assert {draw_image(cfg, "train", i).background for i in range(40)} == set(SynthConfig.BACKGROUND_STYLES)
+    cfg = small(backgrounds=list(synthetic.BACKGROUND_STYLES), contexts=[])
+    assert {draw_image(cfg, "train", i).background for i in range(40)} == set(synthetic.BACKGROUND_STYLES)
 
 
 @pytest.mark.parametrize(
@@ -276,3 +275,13 @@ def test_markers_are_distinct_and_backgrounds_all_drawable() -> None:
 def test_bad_config_is_rejected_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, [override])
+
+
+def test_known_confounders_name_each_pair_both_ways_and_each_context() -> None:
+    cfg = SynthConfig()  # horse/person paired; boat on water, bird in the sky
+    probes = {c.name: c for c in synthetic.known_confounders(cfg, cfg.classes)}
+    assert set(probes) == {"horse -> person", "person -> horse", "boat -> background (water context)",
+                           "bird -> background (sky context)"}
+    horse, person = cfg.classes.index("horse"), cfg.classes.index("person")
+    assert probes["horse -> person"] == synthetic.Confounder("horse -> person", horse, person + 1, person)
+    assert probes["boat -> background (water context)"].target == 0

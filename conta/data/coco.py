@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from conta.config import DataConfig
+from conta.data.build import register_dataset
 from conta.data.cache import dataset_cache_dir
 from conta.data.palette import IGNORE_INDEX, voc_palette
 from conta.data.voc import VOCLayoutDataset
@@ -210,3 +211,14 @@ def prepare_coco(data: DataConfig, log: Callable[[str], None] = print) -> None:
             log(f"coco14 {split}: {made} semantic masks made in {dataset.mask_dir}; {len(dataset)} images with "
                 f"tags ({dataset.dropped} without a non-crowd object dropped)")
     load_coco.cache_clear()
+
+
+def _requires() -> str:
+    require_pycocotools()
+    return "pycocotools"
+
+
+@register_dataset("coco14", prepare=prepare_coco, default_splits=lambda data: list(SPLITS), requires=_requires,
+                  masks_on_demand=True)
+def _build(data: DataConfig, split: str, need_images: bool) -> Coco14Dataset:
+    return Coco14Dataset(data.root, split, cache_dir=data.cache_dir, need_images=need_images)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conta.config import DataConfig
+from conta.data.build import register_dataset
 from conta.data.voc import VOCLayoutDataset, read_class_names, read_id_list, read_tags_file
 from conta.errors import DataError
 
@@ -84,3 +86,14 @@ class FolderDataset(VOCLayoutDataset):
         if missing:
             raise DataError(self.list_path, f"names {len(missing)} images missing from {self.image_dir} "
                             f"(first: {missing[0]})")
+
+
+def _default_splits(data: DataConfig) -> list[str]:
+    """`train` and every list in splits/."""
+    return list(dict.fromkeys(["train", *sorted(p.stem for p in (Path(data.root) / "splits").glob("*.txt"))]))
+
+
+@register_dataset("folder", default_splits=_default_splits)
+def _build(data: DataConfig, split: str, need_images: bool) -> FolderDataset:
+    return FolderDataset(data.root, split, class_names=data.class_names, tags_file=data.tags_file or None,
+                         need_images=need_images)

@@ -24,10 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from conta.config import PretrainConfig, SynthConfig, to_dict
+from conta.config import DataConfig, PretrainConfig, SynthConfig, to_dict
+from conta.data.build import register_dataset
 from conta.data.palette import IGNORE_INDEX, voc_palette
+from conta.data.voc import VOCLayoutDataset
 from conta.errors import DataError
 from conta.io import load_json, save_json, save_label_png, save_rgb, save_text
+from conta.registry import DATASETS
 
 GENERATOR_VERSION = 1  # bump whenever drawing changes, so stale datasets are regenerated
 SPLITS: dict[str, str] = {"train": "train", "val": "val", "val_deconfounded": "vdc"}  # split -> id prefix
@@ -159,6 +162,31 @@ def label_tags(label: np.ndarray, n_classes: int) -> np.ndarray:
     return tags
 
 
+@dataclass(frozen=True)
+class Confounder:
+    """A known confounder to probe: class `source`'s CAM mass on label value `target`, on images
+    tagged with `source` (and with `partner`, when given); `conta.eval.metrics.Leakage` measures it."""
+
+    name: str
+    source: int
+    target: int
+    partner: int | None = None
+
+
+def known_confounders(cfg: SynthConfig, class_names: list[str]) -> list[Confounder]:
+    """The confounders the generator builds in: each co-occurring pair in both directions (onto the
+    partner's pixels) and each class with its context (onto background); indices into `class_names`."""
+    index = {name: k for k, name in enumerate(class_names)}
+    probes = []
+    for pair in cfg.pairs:
+        a, b = (index[c] for c in pair.classes)
+        probes += [Confounder(f"{pair.classes[0]} -> {pair.classes[1]}", a, b + 1, b),
+                   Confounder(f"{pair.classes[1]} -> {pair.classes[0]}", b, a + 1, a)]
+    for ctx in cfg.contexts:
+        probes.append(Confounder(f"{ctx.cls} -> background ({ctx.background} context)", index[ctx.cls], 0))
+    return probes
+
+
 def image_ids(cfg: SynthConfig, split: str) -> list[str]:
     n = {"train": cfg.n_train, "val": cfg.n_val, "val_deconfounded": cfg.n_val_deconfounded}[split]
     return [f"{SPLITS[split]}_{i:05d}" for i in range(n)]
@@ -227,8 +255,9 @@ def _refuse_foreign(out: Path) -> None:
     its default, synthetic, for a real dataset's root."""
     held = [f"{sub}/" for sub in ("JPEGImages", "ImageSets", "SegmentationClass") if (out / sub).is_dir()]
     if held:
+        others = " or ".join(name for name in DATASETS.names() if name != "synthetic")
         raise DataError(out, f"holds a dataset that conta did not generate ({', '.join(held)} but no "
-                        f"{SUMMARY_FILE}); data.dataset is 'synthetic', so set it to voc12, coco14 or folder, "
+                        f"{SUMMARY_FILE}); data.dataset is 'synthetic', so set it to {others}, "
                         "or point data.root at an empty folder")
 
 
@@ -253,8 +282,19 @@ def _progress(total: int, enabled: bool) -> Callable[..., None]:
     return lambda n, close=False: bar.close() if close else bar.update(n)
 
 
-# ----------------------------------------------------------------------------------------------
-# Measuring the confounding
+def _prepare(data: DataConfig, log: Callable[[str], None]) -> None:
+    """Generate the dataset at data.root when it is missing or stale."""
+    if generate(data.synth, Path(data.root)).generated:
+        log(f"synthetic dataset ready at {Path(data.root)}")
+
+
+@register_dataset("synthetic", prepare=_prepare)
+def _build(data: DataConfig, split: str, need_images: bool) -> VOCLayoutDataset:
+    """The generated files in VOC layout, read by the generic reader."""
+    return VOCLayoutDataset(data.root, split, tags_file=data.tags_file or None, need_images=need_images)
+
+
+
 
 
 def _split_stats(cfg: SynthConfig, split: str, tags: np.ndarray, bgs: np.ndarray) -> SplitStats:
@@ -600,6 +640,8 @@ def _bg_road(rng: np.random.Generator, size: int) -> np.ndarray:
 _BACKGROUNDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "plain": _bg_plain, "water": _bg_water, "grass": _bg_grass, "sky": _bg_sky, "road": _bg_road,
 }
+BACKGROUND_STYLES: tuple[str, ...] = tuple(_BACKGROUNDS)
+"""The background names data.synth.backgrounds may use: one per renderer (the config checks against it)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,7 +659,7 @@ def pretraining_world(pre: PretrainConfig) -> SynthConfig:
     return SynthConfig(
         seed=pre.world_seed, image_size=pre.image_size, n_train=1, n_val=1, n_val_deconfounded=0,
         classes=[f"marker{offset + i:03d}" for i in range(pre.n_classes)],
-        backgrounds=list(_BACKGROUNDS), pairs=[], contexts=[],
+        backgrounds=list(BACKGROUND_STYLES), pairs=[], contexts=[],
         min_objects=pre.min_objects, max_objects=pre.max_objects, object_size=list(pre.object_size),
         marker_offset=offset,
     )

@@ -21,10 +21,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CAFFE_MEAN_BGR = np.array([104.008, 116.669, 122.675], np.float32)
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, index])
-
-
 def resize(image: np.ndarray, size: tuple[int, int], resample: int = Image.BICUBIC) -> np.ndarray:
     """Resize to (height, width); labels must use `Image.NEAREST`."""
     h, w = size

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conta.config import DataConfig
+from conta.data.build import register_dataset
 from conta.data.cache import dataset_cache_dir
 from conta.data.voc import VOC_CLASSES, VOCLayoutDataset, read_id_list
 from conta.errors import DataError
@@ -156,3 +158,9 @@ def write_train_aug(voc_root: str | Path, sbd_root: str | Path, out_dir: str | P
     path = folder / "train_aug.txt"
     save_text(path, "".join(f"{i}\n" for i in ids))
     return path, len(ids)
+
+
+@register_dataset("voc12", default_splits=lambda data: ["train", "train_aug", "val"])
+def _build(data: DataConfig, split: str, need_images: bool) -> VOC12Dataset:
+    return VOC12Dataset(data.root, split, tags_file=data.tags_file or None, cache_dir=data.cache_dir,
+                        need_images=need_images)

@@ -41,6 +41,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def cores_per_process(processes: int | None = None) -> int:
+    """This process's share of the node's CPU cores, at least 1: the cores divided among
+    `processes` (default: the processes torchrun started on this node)."""
+    return max(1, (os.cpu_count() or 1) // (processes or local_world_size()))
+
+
+def cpu_workers(setting: int) -> int:
+    """Worker processes for a CPU stage's `workers` setting: 0 means this process's share of the cores."""
+    return setting or cores_per_process()
+
+
 MAX_LOADER_WORKERS = 8  # per GPU: enough to decode and augment VOC-sized JPEGs ahead of the device
 
 
@@ -55,8 +66,7 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
         return int(setting)
     if device.type == "cpu":
         return 0
-    cores = (os.cpu_count() or 1) // local_world_size()
-    return max(1, min(MAX_LOADER_WORKERS, cores - 1))
+    return max(1, min(MAX_LOADER_WORKERS, cores_per_process() - 1))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from conta.data.transforms import sample_rng
 from conta.engine.distributed import RankSlices, all_reduce_sum, world_size
 from conta.engine.precision import Precision
 from conta.engine.schedule import PolySchedule
@@ -32,20 +31,6 @@ from conta.errors import ContaError
 
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
-
-class EpochAugmented(Dataset):
-    """Base of the training sets: each sample's random choices come from (seed, epoch, index),
-    the epoch set by the loop, so a resumed run draws exactly the samples it would have drawn."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def sample_rng(self, index: int) -> np.random.Generator:
-        return sample_rng(self.seed, self.epoch, index)
 
 @dataclass
 class EpochTraining:

@@ -1,1 +1,1 @@
-"""Evaluation: confusion-matrix metrics and per-round reports."""
+"""Evaluation: confusion-matrix metrics, scoring folders of predictions, the study's statistics."""

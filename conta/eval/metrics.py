@@ -15,6 +15,7 @@ the ground truth (deeplab-pytorch's scores). `miou` is the one the caller asks f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -131,3 +132,36 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
             precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
             ap[c] = precision[hits].mean()
     return ap
+
+
+@dataclass
+class Leakage:
+    """Share of class `source`'s CAM mass (sum of normalised values over non-ignore pixels) that
+    lies on ground-truth label `target`, averaged over images tagged with `source` (and with
+    `partner`, when given); `area` is the share of those pixels, i.e. what a uniform CAM scores."""
+
+    name: str
+    source: int
+    target: int
+    partner: int | None = None
+    share: float = 0.0
+    area: float = 0.0
+    images: int = 0
+
+    def update(self, keys: list[int], cams: np.ndarray, gt: np.ndarray) -> None:
+        if self.source not in keys or (self.partner is not None and self.partner not in keys):
+            return
+        valid = gt != IGNORE_INDEX
+        cam = cams[keys.index(self.source)]
+        mass = float(cam[valid].sum())
+        if mass <= 0:
+            return
+        on_target = gt == self.target
+        self.share += float(cam[on_target].sum()) / mass
+        self.area += float(on_target.sum()) / float(valid.sum())
+        self.images += 1
+
+    def result(self) -> dict:
+        n = max(self.images, 1)
+        return {"share": self.share / n if self.images else None, "area": self.area / n if self.images else None,
+                "images": self.images}

@@ -4,7 +4,7 @@ One class serves all the references: IRNet's classifier and IRN (torchvision lay
 (2, 2, 2, 1), no dilation), DeepLab v2 (strides (2, 2, 1, 1), dilations
 (1, 1, 2, 4), ceil-mode max-pool, optionally the MSRA stride-in-1x1 layout) and DeepLab
 v3/v3+ (output stride 16 or 8, optionally multi-grid, BN made trainable by `convert_batchnorm`).
-Keeping torchvision's key names lets ImageNet checkpoints load strictly (`conta.models.weights`).
+Keeping torchvision's key names lets ImageNet checkpoints load strictly (`conta.weights.backbone`).
 
 Dilation rule: every block of a layer uses that layer's dilation, the first block included. This
 is deeplab-pytorch's behaviour (and pytorch-deeplab-xception's); IRNet forces dilation 1 on first

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +34,28 @@ from PIL import Image
 from conta.artifacts.model_file import load_weights, read_model_file, save_model_file
 from conta.config import CamConfig, Config
 from conta.data.build import build_dataset, ensure_dataset
-from conta.data.palette import IGNORE_INDEX
+from conta.data.synthetic import known_confounders
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard, world_size
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
-from conta.engine.loop import EpochAugmented, EpochTraining, ValidateFn, steps_per_epoch, train_epochs
+from conta.engine.loop import EpochTraining, ValidateFn, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
+from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
-from conta.eval.metrics import IRNET, ConfusionMatrix, average_precision, format_table
+from conta.eval.metrics import IRNET, ConfusionMatrix, Leakage, average_precision, format_table
 from conta.io import save_npz, save_rgb
 from conta.models.cam_net import CamNet, ContextAt
 from conta.models.resnet import resnet
-from conta.models.weights import load_backbone_weights
 from conta.ops.cam_fusion import scale_cams, tagged_cams
 from conta.progress import progress, rate
 from conta.stages.calibration import calibrate_random_bns
 from conta.stages.ir_label import read_cam
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
+from conta.weights.backbone import load_backbone_weights
 
 ContextProvider = Callable[[str], np.ndarray]
 """image id -> (hc, wc) float32 context input of the intervened classifier."""
@@ -341,55 +341,6 @@ def load_cam_map(paths: RoundPaths, image_id: str, size: tuple[int, int]) -> tup
 # -- evaluation --------------------------------------------------------------------------------
 
 
-@dataclass
-class Leakage:
-    """Share of class `source`'s CAM mass (sum of normalised values over non-ignore pixels) that
-    lies on ground-truth label `target`, averaged over images tagged with `source` (and with
-    `partner`, when given); `area` is the share of those pixels, i.e. what a uniform CAM scores."""
-
-    name: str
-    source: int
-    target: int
-    partner: int | None = None
-    share: float = 0.0
-    area: float = 0.0
-    images: int = 0
-
-    def update(self, keys: list[int], cams: np.ndarray, gt: np.ndarray) -> None:
-        if self.source not in keys or (self.partner is not None and self.partner not in keys):
-            return
-        valid = gt != IGNORE_INDEX
-        cam = cams[keys.index(self.source)]
-        mass = float(cam[valid].sum())
-        if mass <= 0:
-            return
-        on_target = gt == self.target
-        self.share += float(cam[on_target].sum()) / mass
-        self.area += float(on_target.sum()) / float(valid.sum())
-        self.images += 1
-
-    def result(self) -> dict:
-        n = max(self.images, 1)
-        return {"share": self.share / n if self.images else None, "area": self.area / n if self.images else None,
-                "images": self.images}
-
-
-def confounding_probes(cfg: Config, class_names: list[str]) -> list[Leakage]:
-    """Leakage probes for the synthetic data's known confounders: each co-occurring pair in both
-    directions (onto the partner's pixels) and each class with its context (onto background)."""
-    if cfg.data.dataset != "synthetic":
-        return []
-    index = {name: k for k, name in enumerate(class_names)}
-    probes = []
-    for pair in cfg.data.synth.pairs:
-        a, b = (index[c] for c in pair.classes)
-        probes += [Leakage(f"{pair.classes[0]} -> {pair.classes[1]}", a, b + 1, b),
-                   Leakage(f"{pair.classes[1]} -> {pair.classes[0]}", b, a + 1, a)]
-    for ctx in cfg.data.synth.contexts:
-        probes.append(Leakage(f"{ctx.cls} -> background ({ctx.background} context)", index[ctx.cls], 0))
-    return probes
-
-
 def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     """Score round t's CAMs on data.eval_split: mIoU at cam.eval_threshold, the threshold sweep,
     two trivial baselines and, on synthetic data, the leakage onto known confounders.
@@ -410,7 +361,8 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     thresholds = sorted({*cfg.cam.sweep, cfg.cam.eval_threshold})
     sweep = {thr: ConfusionMatrix(names) for thr in thresholds}
     all_background, tag_fill = ConfusionMatrix(names), ConfusionMatrix(names)
-    probes = confounding_probes(cfg, data.class_names)
+    confounders = known_confounders(cfg.data.synth, data.class_names) if cfg.data.dataset == "synthetic" else []
+    probes = [Leakage(c.name, c.source, c.target, c.partner) for c in confounders]
     for image_id in progress(shard(data.ids), desc=f"cam eval r{t}"):
         gt = data.mask(image_id)
         keys, cams = load_cam_map(paths, image_id, gt.shape)

@@ -11,18 +11,16 @@ builds (and caches) the per-split index, which needs pycocotools.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from conta.config import DataConfig
-from conta.data.build import build_dataset, ensure_dataset
-from conta.data.coco import SPLITS as COCO_SPLITS
-from conta.data.coco import require_pycocotools
+from conta.data.build import build_dataset, dataset_entry, ensure_dataset
 from conta.data.integrity import FilePair, inspect_pair
 from conta.data.voc import VOC_CLASSES, VOCLayoutDataset, read_id_list
 from conta.data.voc12 import LIST_COUNTS, MASK_DIRS, list_candidates, missing_list_hint, resolve_voc_root
+from conta.engine.device import cores_per_process
 from conta.engine.parallel import run_parallel
 from conta.errors import ContaError, DataError
 
@@ -72,14 +70,11 @@ def decode_all(pairs: list[FilePair], workers: int, report: CheckReport) -> set[
 
 
 def default_splits(data: DataConfig) -> list[str]:
-    """The splits a check covers when none are named: VOC's and COCO's usual ones, a folder's
-    `train` and its lists, else the config's."""
-    if data.dataset == "voc12":
-        return ["train", "train_aug", "val"]
-    if data.dataset == "coco14":
-        return list(COCO_SPLITS)
-    if data.dataset == "folder":
-        return list(dict.fromkeys(["train", *sorted(p.stem for p in (Path(data.root) / "splits").glob("*.txt"))]))
+    """The splits a check covers when none are named: the dataset's usual ones (VOC's, COCO's, a
+    folder's `train` and its lists), else the config's."""
+    entry = dataset_entry(data)
+    if entry.default_splits is not None:
+        return entry.default_splits(data)
     return list(dict.fromkeys([data.train_split, data.infer_split, data.eval_split, *data.val_splits]))
 
 
@@ -87,15 +82,16 @@ def check_dataset(data: DataConfig, splits: list[str] | None = None, workers: in
     """What the dataset holds and lacks for `splits`, every file decoded in `workers` processes
     (default: one per CPU core)."""
     splits = splits or default_splits(data)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cores_per_process()
     report = CheckReport([f"dataset {data.dataset} at {Path(data.root).expanduser()}"])
     pairs: dict[Path | None, FilePair] = {}
     if data.dataset == "voc12":
         _check_voc12(data, splits, report, pairs)
         decode_all(list(pairs.values()), workers, report)
         return report
-    if data.dataset == "coco14":
-        _check_pycocotools(report)
+    requires = dataset_entry(data).requires
+    if requires is not None:
+        _check_requirement(requires, report)
     built = [(split, dataset) for split in splits if (dataset := _build_split(data, split, report)) is not None]
     for _, dataset in built:
         pairs.update((p.image, p) for p in _dataset_pairs(dataset))
@@ -198,10 +194,10 @@ def _report_missing(report: CheckReport, what: str, ids: list[str], stems: set[s
 # -- COCO, folders, synthetic: through the dataset readers ---------------------------------------
 
 
-def _check_pycocotools(report: CheckReport) -> None:
+def _check_requirement(requires: Callable[[], str], report: CheckReport) -> None:
+    """The optional package a dataset needs (COCO: pycocotools)."""
     try:
-        require_pycocotools()
-        report.lines.append("pycocotools: installed")
+        report.lines.append(f"{requires()}: installed")
     except ContaError as exc:
         report.problem(str(exc))
 
@@ -237,7 +233,7 @@ def _check_split(data: DataConfig, split: str, dataset: VOCLayoutDataset, broken
     if dropped:
         line += f" ({dropped} without a non-crowd object dropped)"
     report.lines.append(line)
-    if data.dataset == "coco14":
+    if dataset_entry(data).masks_on_demand:
         cached = len(_stems(dataset.mask_dir, ".png") or ())
         report.lines.append(f"  masks: {cached} of {len(dataset)} cached in {dataset.mask_dir} "
                             f"(the rest are made by `conta data prepare` or the first stage)")

@@ -8,7 +8,6 @@ the CAM is trustworthy. Images are independent CPU work, so they run in a proces
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from conta.config import Config, IrLabelConfig
 from conta.data.build import build_dataset
 from conta.data.palette import IGNORE_INDEX, voc_palette
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.distributed import all_reduce_sum, barrier, is_main, local_world_size, main_only, shard
+from conta.engine.device import cpu_workers
+from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard
 from conta.engine.inference import describe_todo, pending
 from conta.engine.parallel import run_parallel
 from conta.errors import DataError
@@ -142,7 +142,7 @@ def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> d
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
     todo = pending(dataset.ids, lambda i: (paths.ir_label / f"{i}.png").is_file())
     require_cams(paths.cam_maps, todo)
-    workers = cfg.ir_label.workers or max(1, (os.cpu_count() or 1) // local_world_size())
+    workers = cpu_workers(cfg.ir_label.workers)
     log(f"ir labels: {describe_todo(todo, dataset.ids)}, {workers} workers, "
         f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}")
     jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label) for i in todo]

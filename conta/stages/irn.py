@@ -24,18 +24,19 @@ from conta.data.voc import VOCLayoutDataset
 from conta.engine.checkpoint import load_checkpoint
 from conta.engine.device import loader_workers, resolve_device, seed_everything
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, mean_over_ranks, shard
-from conta.engine.loop import EpochAugmented, EpochTraining, steps_per_epoch, train_epochs
+from conta.engine.loop import EpochTraining, steps_per_epoch, train_epochs
 from conta.engine.precision import Precision
+from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError, DataError
 from conta.io import load_label_png
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
 from conta.models.resnet import resnet
-from conta.models.weights import load_backbone_weights
 from conta.ops.path_index import PathIndex
 from conta.progress import progress
 from conta.stages.calibration import calibrate_random_bns
 from conta.stages.paths import read_metrics, round_paths, update_metrics
+from conta.weights.backbone import load_backbone_weights
 
 CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
 IRN_KIND = "irn"

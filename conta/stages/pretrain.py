@@ -26,13 +26,14 @@ from conta.config import Config, PretrainConfig, SynthConfig, to_dict
 from conta.data.synthetic import draw_image, label_tags, pretraining_world
 from conta.data.transforms import normalize, to_chw
 from conta.engine.device import resolve_device, seed_everything
-from conta.engine.loop import EpochAugmented, EpochTraining, train_epochs
+from conta.engine.loop import EpochTraining, train_epochs
+from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.eval.metrics import average_precision
 from conta.io import atomic_path, save_json
 from conta.models.classifier import ImageClassifier
 from conta.models.resnet import resnet
-from conta.models.weights import synthetic_weights_name
+from conta.weights.backbone import synthetic_weights_name
 
 Log = Callable[[str], None]
 PRETRAIN_STRIDES = (2, 2, 2, 2)  # the standard ImageNet ResNet; every stage may use other strides on the weights

@@ -7,7 +7,6 @@ Also hosts the driver of stages 2-4 (IRNet's run_sample.py without the instance 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -20,8 +19,8 @@ from conta.config import Config, PseudoMaskConfig
 from conta.data.build import build_dataset
 from conta.data.palette import voc_palette
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.device import loader_workers, resolve_device
-from conta.engine.distributed import is_main, local_world_size, main_only
+from conta.engine.device import cpu_workers, loader_workers, resolve_device
+from conta.engine.distributed import is_main, main_only
 from conta.engine.inference import WriteJob, describe_todo, pending, run_inference
 from conta.engine.parallel import run_parallel
 from conta.errors import ConfigError
@@ -107,7 +106,7 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     require_cams(paths.cam_maps, todo)
     device = resolve_device(cfg.run.device)
     if device.type == "cpu":
-        workers = cfg.pseudo_mask.workers or max(1, (os.cpu_count() or 1) // local_world_size())
+        workers = cpu_workers(cfg.pseudo_mask.workers)
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
         jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.pseudo_mask / f"{i}.png") for i in todo]
         run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))

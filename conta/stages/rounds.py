@@ -25,6 +25,7 @@ import torch
 
 from conta.config import Config, replace
 from conta.data.build import ensure_dataset
+from conta.engine.device import cores_per_process
 from conta.engine.distributed import barrier, is_main, main_only, world_size
 from conta.errors import ConfigError, ContaError
 from conta.io import atomic_path
@@ -109,7 +110,7 @@ def run_pipeline(cfg: Config, control: str | None = None, with_controls: bool = 
     With `jobs` > 1 and the controls, round 0 runs here first, then the three runs' rounds 1..T
     run side by side in `jobs` processes (one machine, no torchrun).
     """
-    from conta.eval.report import write_report
+    from conta.stages.report import write_report
 
     log = main_only(log)
     ensure_dataset(cfg.data, log=log)
@@ -216,7 +217,7 @@ def run_side_by_side(groups: list[list[Config]], jobs: int, log: Callable[[str],
 
 def threads_per_run(jobs: int) -> int:
     """Torch threads of each of `jobs` processes sharing this machine's cores (at least one)."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+    return cores_per_process(jobs)
 
 
 def _run_rounds_alone(cfg: Config, threads: int, rounds: range) -> None:

@@ -21,7 +21,6 @@ Test as deeplab-pytorch: the whole unpadded image, logits upsampled straight to 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,14 +35,15 @@ from conta.config import Config, CrfConfig, SegConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
 from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
-                                   sample_rng, to_chw)
+                                   to_chw)
 from conta.data.voc import VOCLayoutDataset
-from conta.engine.device import loader_workers, resolve_device, seed_everything
-from conta.engine.distributed import (RankSlices, barrier, is_main, local_batch, local_world_size,
-                                      main_only, world_size)
+from conta.engine.device import cpu_workers, loader_workers, resolve_device, seed_everything
+from conta.engine.distributed import (RankSlices, barrier, is_main, local_batch, main_only,
+                                      world_size)
 from conta.engine.inference import WriteJob, pending, run_inference
 from conta.engine.parallel import run_parallel
 from conta.engine.precision import Precision
+from conta.engine.sampling import sample_rng
 from conta.engine.schedule import PolySchedule
 from conta.engine.sync_bn import convert_sync_batchnorm
 from conta.engine.trainer import Checkpointer, LossCheck, LRSchedule, ProgressBar, Trainer
@@ -51,15 +51,14 @@ from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import DEEPLAB, format_table
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
-from conta.models.convert import LOADABLE
-from conta.models.convert import load_converted
 from conta.models.deeplab import MSC, deeplab_param_groups
-from conta.models.weights import load_backbone_weights
 from conta.seg_predictor import (architecture_note, build_seg_model, load_seg_model, logits_to_probs,
                                  model_meta, predict_logits, save_seg_model, trains_bn)
 from conta.stages.calibration import calibrate_random_bns
 from conta.stages.paths import RoundPaths, round_paths, update_metrics
 from conta.stages.provenance import claim, made_by, model_identity
+from conta.weights.backbone import load_backbone_weights
+from conta.weights.convert import LOADABLE, load_converted
 
 Log = Callable[[str], None]
 
@@ -457,7 +456,7 @@ def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers
                           f"seg logits {split}")
     jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", out_dir / f"{i}.png", cfg.seg.crf)
             for i in pending(dataset.ids, lambda i: (out_dir / f"{i}.png").is_file())]
-    run_parallel(_crf_job, jobs, workers or max(1, (os.cpu_count() or 1) // local_world_size()), f"seg crf {split}")
+    run_parallel(_crf_job, jobs, cpu_workers(workers), f"seg crf {split}")
     barrier()
     return _score(paths, dataset, out_dir, f"seg_{split}_crf", log)
 

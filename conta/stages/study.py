@@ -45,8 +45,8 @@ def run_finished(cfg: Config) -> bool:
 
 
 def run_study(cfg: Config, seeds: list[int], jobs: int = 1, log: Callable[[str], None] = print) -> int:
-    from conta.eval.report import write_report
-    from conta.eval.study_report import write_study
+    from conta.stages.report import write_report
+    from conta.stages.study_report import write_study
 
     log = main_only(log)
     if not seeds or len(set(seeds)) != len(seeds):

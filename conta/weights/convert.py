@@ -39,7 +39,7 @@ from conta.artifacts.model_file import read_model_file, save_model_file
 from conta.errors import ContaError
 from conta.models.deeplab import MSC, deeplab_v2
 from conta.models.resnet import ARCHS, Bottleneck, ResNet, resnet
-from conta.models.weights import _read_state_dict
+from conta.weights.backbone import _read_state_dict
 
 BN_EPS = 1e-5                          # conta's BatchNorm eps (nn.BatchNorm2d's default)
 DEEPLAB_RATES = (6, 12, 18, 24)        # deeplab-pytorch's only ASPP setting (not stored in its files)
@@ -89,7 +89,7 @@ class Conversion:
 def convert_caffemodel(path: str | Path, class_names: Sequence[str] | None = None) -> Conversion:
     """A DeepLab v2 ResNet (.caffemodel with fc1_*_c{k} ASPP layers) or an MSRA ImageNet ResNet."""
     try:
-        from conta.models.caffe.reader import read_caffemodel
+        from conta.weights.caffe.reader import read_caffemodel
     except ImportError:
         raise ContaError('reading .caffemodel files needs protobuf: pip install "conta[caffe]"') from None
     layers = read_caffemodel(path)

@@ -1,5 +1,5 @@
 """study.md and study.json of `conta study`: every run's per-round numbers (the ones the run
-report shows, `conta.eval.report.round_rows`) gathered over seeds and summarised by
+report shows, `conta.stages.report.round_rows`) gathered over seeds and summarised by
 `conta.eval.study_stats`."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conta.config import Config
-from conta.eval.report import round_rows
 from conta.eval.study_stats import CONFIDENCE, PairedDifference, Spread, StudyEntry, Table, summarise
 from conta.io import save_json, save_text
+from conta.stages.report import round_rows
 
 REFERENCE = "conta"
 INTERVAL = (f"paired t, {100 * CONFIDENCE:.0f} %: mean ± t(n-1) · sd / sqrt(n) of the per-seed differences; "

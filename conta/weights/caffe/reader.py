@@ -10,7 +10,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from conta.errors import DataError
-from conta.models.caffe.proto import message_class
+from conta.weights.caffe.proto import message_class
 
 V1_TYPES: dict[int, str] = {4: "Convolution", 14: "InnerProduct"}  # V1LayerParameter.LayerType
 
