@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from conta.errors import ConfigError
-from conta.registry import DATASETS
+from conta.registry import BACKBONES, DATASETS, REFINERS
 
 MIN_SIDE = 16
 """Smallest crop or image side (pixels): the classifier's output stride, below which it has no feature cell."""
@@ -169,13 +169,14 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    arch: str = "resnet50"               # a registered backbone (conta.registry.BACKBONES): resnet18/34/50/101
     width: int = 64                      # 64 is the standard ResNet; smaller for the CPU demo
     strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1])
     dilations: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     pretrained: str | None = None        # torchvision checkpoint path, "hub", or null = random
 
     def validate(self, key: str) -> None:
+        BACKBONES.check(self.arch, f"{key}.arch")
         _check(self.width >= 4, f"{key}.width", "must be >= 4")
         _check(len(self.strides) == 4 and all(s in (1, 2) for s in self.strides), f"{key}.strides", "must be four values in {1, 2}")
         _check(len(self.dilations) == 4 and all(d >= 1 for d in self.dilations), f"{key}.dilations", "must be four values >= 1")
@@ -247,10 +248,12 @@ class IrLabelConfig:
 
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
+    refiner: str = "crf"                 # a registered seed refiner (conta.registry.REFINERS): crf, none
     crf: CrfConfig = field(default_factory=CrfConfig)
     workers: int = 0                     # CPU processes; 0 = one per core
 
     def validate(self, key: str) -> None:
+        REFINERS.check(self.refiner, f"{key}.refiner")
         _check(0 < self.fg_threshold < 1, f"{key}.fg_threshold", f"must be in (0, 1), got {self.fg_threshold:g}")
         _check(0 < self.bg_threshold < 1, f"{key}.bg_threshold", f"must be in (0, 1), got {self.bg_threshold:g}")
         _check(self.bg_threshold < self.fg_threshold, f"{key}.bg_threshold",
@@ -317,7 +320,7 @@ class SegConfig:
     """
 
     model: Literal["deeplabv2", "deeplabv3", "deeplabv3plus"] = "deeplabv2"
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet101"
+    arch: str = "resnet101"              # a registered backbone (conta.registry.BACKBONES)
     width: int = 64
     pretrained: str | None = None        # ImageNet torchvision file, "hub", or a converted DeepLab checkpoint
     normalization: Literal["imagenet", "caffe"] = "imagenet"
@@ -348,6 +351,7 @@ class SegConfig:
     )
 
     def validate(self, key: str) -> None:
+        BACKBONES.check(self.arch, f"{key}.arch")
         _positive(self, key, "batch_size", "iter_size", "iterations", "lr", "lr_decay_every", "log_every", "save_every", "average_loss")
         _side(self, key, "crop_size", "test_size")
         _check(len(self.atrous_rates) > 0 and all(r > 0 for r in self.atrous_rates), f"{key}.atrous_rates", "must be positive")
@@ -384,7 +388,7 @@ class PretrainConfig:
     world disjoint from the demo's (other part markers, every background, its own seed), drawn on
     the fly (docs/pretraining.md). Trainable BN, SGD + Nesterov momentum, poly decay."""
 
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    arch: str = "resnet18"               # a registered backbone (conta.registry.BACKBONES)
     width: int = 16
     world_seed: int = 1000               # the demo's data use seed 0
     n_classes: int = 99                  # part markers 6..104: the default classes wear 0..5
@@ -403,6 +407,7 @@ class PretrainConfig:
     workers: int = 1                     # processes drawing images beside the training process
 
     def validate(self, key: str) -> None:
+        BACKBONES.check(self.arch, f"{key}.arch")
         _positive(self, key, "width", "n_classes", "images_per_epoch", "epochs", "batch_size", "lr", "val_images")
         _side(self, key, "image_size")
         _check(self.n_classes + len(SynthConfig().classes) <= SynthConfig.MAX_CLASSES, f"{key}.n_classes",

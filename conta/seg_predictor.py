@@ -44,10 +44,11 @@ def model_meta(seg: SegConfig, class_names: list[str], stride_in_1x1: bool = Fal
         "class_names": list(class_names),
     }
     if seg.model != "deeplabv2":
-        blocks = ARCHS[seg.arch][1][3]
+        blocks = ARCHS[seg.arch][1][3] if seg.arch in ARCHS else None  # multi-grid is the ResNets' option
         if seg.multi_grid and len(seg.multi_grid) != blocks:
             raise ConfigError(f"seg.multi_grid: {seg.arch} has {blocks} blocks in its last stage, so "
-                              f"{blocks} values (or [] for none), not {seg.multi_grid}")
+                              f"{blocks} values (or [] for none), not {seg.multi_grid}" if blocks is not None
+                              else f"seg.multi_grid: {seg.arch} is not a ResNet; leave it [] (none)")
         meta.update(atrous_rates=list(v3_rates(seg.output_stride)), output_stride=seg.output_stride,
                     multi_grid=list(seg.multi_grid))
     return meta

@@ -13,7 +13,7 @@ from conta.ops.random_walk import propagate
 
 
 def propagate_dense(cams: np.ndarray, boundary: np.ndarray, radius: int, beta: float, exp_times: int) -> np.ndarray:
-    """Spec 5 in float64: dense symmetric A (1 on the diagonal), A^beta, column-normalised T,
+    """The random walk by its definition, in float64: dense symmetric A (1 on the diagonal), A^beta, column-normalised T,
     squared exp_times times, applied to the boundary-damped CAMs. Pairs are every two pixels
     closer than `radius`; a pair's path is every lattice point of its bounding box within
     distance 1 of the line through both."""

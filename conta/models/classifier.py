@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from conta.models.resnet import FrozenStatsBatchNorm2d, ResNet, convert_batchnorm
+from conta.models.backbone import Backbone
+from conta.models.resnet import FrozenStatsBatchNorm2d, convert_batchnorm
 
 
 class ImageClassifier(nn.Module):
     """Backbone (its BN made trainable) -> global average pooling -> linear scores, one per class."""
 
-    def __init__(self, backbone: ResNet, n_classes: int) -> None:
+    def __init__(self, backbone: Backbone, n_classes: int) -> None:
         super().__init__()
         self.backbone = convert_batchnorm(backbone, FrozenStatsBatchNorm2d, nn.BatchNorm2d)
         self.fc = nn.Linear(backbone.out_channels[-1], n_classes)

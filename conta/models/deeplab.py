@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conta.models.resnet import FrozenStatsBatchNorm2d, ResNet, convert_batchnorm, resnet
+from conta.models.backbone import Backbone, create_backbone
+from conta.models.resnet import FrozenStatsBatchNorm2d, convert_batchnorm
 
 
 class ASPP(nn.Module):
@@ -45,7 +46,7 @@ class DeepLabV2(nn.Module):
     output_stride = 8
     head_name = "ASPP"
 
-    def __init__(self, backbone: ResNet, n_classes: int, rates: Sequence[int]) -> None:
+    def __init__(self, backbone: Backbone, n_classes: int, rates: Sequence[int]) -> None:
         super().__init__()
         self.backbone = backbone
         self.aspp = ASPP(backbone.out_channels[-1], n_classes, rates)
@@ -117,7 +118,7 @@ class DeepLabV3(nn.Module):
     """ResNet trunk at `output_stride` + ASPPv3 (+ Decoder for v3+) + a 1x1 classifier; logits at
     /output_stride (v3) or /4 (v3+). Head widths scale with the trunk: 256 and 48 at width 64."""
 
-    def __init__(self, backbone: ResNet, n_classes: int, rates: Sequence[int], output_stride: int,
+    def __init__(self, backbone: Backbone, n_classes: int, rates: Sequence[int], output_stride: int,
                  decoder: bool, channels: int = 256, reduced: int = 48) -> None:
         super().__init__()
         self.backbone = backbone
@@ -189,7 +190,7 @@ def deeplab_v2(
     stride_in_1x1: bool = False,
 ) -> MSC:
     """DeepLab v2 wrapped in MSC; `n_classes` counts the background. Backbone weights: `model.base.backbone`."""
-    backbone = resnet(arch, width, strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4),
+    backbone = create_backbone(arch, width, strides=(2, 2, 1, 1), dilations=(1, 1, 2, 4),
                       stride_in_1x1=stride_in_1x1, maxpool_ceil_mode=True)
     return MSC(DeepLabV2(backbone, n_classes, atrous_rates), msc_scales)
 
@@ -222,7 +223,7 @@ def deeplab_v3(
     if output_stride not in V3_LAYOUT:
         raise ValueError(f"output_stride must be one of {sorted(V3_LAYOUT)}, got {output_stride}")
     strides, dilations = V3_LAYOUT[output_stride]
-    backbone = resnet(arch, width, strides, dilations, stride_in_1x1=stride_in_1x1, multi_grid=multi_grid)
+    backbone = create_backbone(arch, width, strides, dilations, stride_in_1x1=stride_in_1x1, multi_grid=multi_grid)
     convert_batchnorm(backbone, FrozenStatsBatchNorm2d, nn.BatchNorm2d)
     net = DeepLabV3(backbone, n_classes, v3_rates(output_stride), output_stride, decoder,
                     channels=max(1, 256 * width // 64), reduced=max(1, 48 * width // 64))

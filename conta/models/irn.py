@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conta.data.palette import IGNORE_INDEX
-from conta.models.resnet import ResNet
+from conta.models.backbone import Backbone
 from conta.ops.path_index import PathIndex, path_affinity
 
 EPS = 1e-5                          # the reference's guard in logs and pair-count denominators
@@ -96,7 +96,7 @@ class IRN(nn.Module):
     returns None in its place.
     """
 
-    def __init__(self, backbone: ResNet, displacement: bool = True) -> None:
+    def __init__(self, backbone: Backbone, displacement: bool = True) -> None:
         super().__init__()
         self.backbone = backbone.requires_grad_(False)
         self.boundary_head = BoundaryBranch(backbone.out_channels)

@@ -14,11 +14,14 @@ layer's dilation block by block (DeepLab v3's Multi-Grid).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from conta.registry import BACKBONES
 
 
 class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
@@ -198,6 +201,10 @@ ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int,
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
     "resnet101": (Bottleneck, (3, 4, 23, 3)),
 }
+
+
+for _arch, (_block, _layers) in ARCHS.items():  # (width, strides, dilations, stride_in_1x1, maxpool_ceil_mode, multi_grid)
+    BACKBONES.register(_arch)(functools.partial(ResNet, _block, _layers))
 
 
 def resnet(

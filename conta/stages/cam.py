@@ -47,8 +47,8 @@ from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import IRNET, ConfusionMatrix, Leakage, average_precision, format_table
 from conta.io import save_npz, save_rgb
+from conta.models.backbone import create_backbone
 from conta.models.cam_net import CamNet, ContextAt
-from conta.models.resnet import resnet
 from conta.ops.cam_fusion import scale_cams, tagged_cams
 from conta.progress import progress, rate
 from conta.stages.calibration import calibrate_random_bns
@@ -83,7 +83,7 @@ def build_cam_net(meta: dict, context_module: torch.nn.Module | None = None,
                   pretrained: str | None = None, log: Log = print) -> CamNet:
     """The network `meta` describes (arch, width, strides, dilations, n_classes, context_at);
     ImageNet weights go into the backbone before any context channel is added."""
-    backbone = resnet(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
+    backbone = create_backbone(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
     if pretrained:
         log(f"cam backbone: {load_backbone_weights(backbone, pretrained, meta['arch'], 'cam.backbone.pretrained')}")
     return CamNet(backbone, meta["n_classes"], meta["context_at"], context_module)

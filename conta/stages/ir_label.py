@@ -27,7 +27,8 @@ from conta.errors import DataError
 from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_label_png, load_npz, load_rgb, save_label_png
 from conta.ops.cam_fusion import strided_size, upsample_cam
-from conta.ops.crf import crf_refine_labels
+from conta.ops.refiners import SeedRefiner
+from conta.registry import REFINERS
 from conta.stages.paths import round_paths, update_metrics, write_done_marker
 
 
@@ -76,29 +77,34 @@ def threshold_argmax(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.concatenate([plane, scores]).argmax(axis=0)
 
 
-def seed_label(image: np.ndarray, cams: np.ndarray, label_values: np.ndarray, cfg: IrLabelConfig) -> np.ndarray:
-    """H x W uint8 seeds from full-resolution CAMs (K, H, W): class, 0 = sure background, 255 = unsure."""
-    fg = _confident(image, cams, cfg.fg_threshold, cfg)
-    bg = _confident(image, cams, cfg.bg_threshold, cfg)
+def seed_label(image: np.ndarray, cams: np.ndarray, label_values: np.ndarray, cfg: IrLabelConfig,
+               refine: SeedRefiner | None = None) -> np.ndarray:
+    """H x W uint8 seeds from full-resolution CAMs (K, H, W): class, 0 = sure background, 255 = unsure;
+    both thresholded maps snapped to the image by `refine` (default: the one ir_label.refiner names)."""
+    refine = refine or REFINERS.get(cfg.refiner)
+    fg = _confident(image, cams, cfg.fg_threshold, cfg, refine)
+    bg = _confident(image, cams, cfg.bg_threshold, cfg, refine)
     label = label_values[fg]
     label[fg == 0] = IGNORE_INDEX
     label[(fg == 0) & (bg == 0)] = 0
     return label
 
 
-def _confident(image: np.ndarray, cams: np.ndarray, threshold: float, cfg: IrLabelConfig) -> np.ndarray:
+def _confident(image: np.ndarray, cams: np.ndarray, threshold: float, cfg: IrLabelConfig,
+               refine: SeedRefiner) -> np.ndarray:
     index = threshold_argmax(cams, threshold)
-    if cfg.crf.enabled and len(cams) > 0:  # with no tagged class there is nothing to refine
-        index = crf_refine_labels(image, index, len(cams) + 1, cfg.crf)
+    if len(cams) > 0:  # with no tagged class there is nothing to refine
+        index = refine(image, index, len(cams) + 1, cfg)
     return index
 
 
-def _seed_one(job: tuple[Path, Path, Path, IrLabelConfig]) -> None:
-    """Worker: one image from its files to its seed PNG (top level, so a process pool can call it)."""
-    image_path, cam_path, out_path, cfg = job
+def _seed_one(job: tuple[Path, Path, Path, IrLabelConfig, SeedRefiner]) -> None:
+    """Worker: one image from its files to its seed PNG (top level, so a process pool can call it;
+    the refiner travels by reference, so one registered outside conta is imported there too)."""
+    image_path, cam_path, out_path, cfg, refine = job
     image = load_rgb(image_path)
     record = read_cam(cam_path, image.shape[:2])
-    label = seed_label(image, record.full_res(image.shape[:2]), record.label_values, cfg)
+    label = seed_label(image, record.full_res(image.shape[:2]), record.label_values, cfg, refine)
     save_label_png(out_path, label, voc_palette())
 
 
@@ -141,11 +147,14 @@ def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> d
     paths = round_paths(cfg, t)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
     todo = pending(dataset.ids, lambda i: (paths.ir_label / f"{i}.png").is_file())
+    refiner = cfg.ir_label.refiner
+    refine = REFINERS.get(refiner)
     require_cams(paths.cam_maps, todo)
     workers = cpu_workers(cfg.ir_label.workers)
     log(f"ir labels: {describe_todo(todo, dataset.ids)}, {workers} workers, "
-        f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}")
-    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label) for i in todo]
+        + (f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}" if refiner == "crf" else f"refiner {refiner}"))
+    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label, refine)
+            for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
     eval_set, ids = finish_and_find_scored(cfg, paths.ir_label, len(dataset), "ir labels", log)
     if not ids:

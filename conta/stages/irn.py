@@ -30,8 +30,8 @@ from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError, DataError
 from conta.io import load_label_png
+from conta.models.backbone import create_backbone
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
-from conta.models.resnet import resnet
 from conta.ops.path_index import PathIndex
 from conta.progress import progress
 from conta.stages.calibration import calibrate_random_bns
@@ -87,7 +87,7 @@ def irn_meta(irn: IrnConfig) -> dict:
 
 def build_irn(meta: dict, pretrained: str | None = None, log: Callable[[str], None] = print) -> IRN:
     """The IRN `meta` describes (`irn_meta`), on a fresh backbone; `pretrained` ImageNet weights go into it."""
-    net = resnet(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
+    net = create_backbone(meta["arch"], meta["width"], meta["strides"], meta["dilations"])
     if pretrained:
         log(f"irn backbone: {load_backbone_weights(net, pretrained, meta['arch'], 'irn.backbone.pretrained')}")
     return IRN(net, displacement=meta["displacement"])

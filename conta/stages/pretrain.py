@@ -31,8 +31,8 @@ from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.eval.metrics import average_precision
 from conta.io import atomic_path, save_json
+from conta.models.backbone import create_backbone
 from conta.models.classifier import ImageClassifier
-from conta.models.resnet import resnet
 from conta.weights.backbone import synthetic_weights_name
 
 Log = Callable[[str], None]
@@ -119,7 +119,7 @@ def pretrain(cfg: Config, out_dir: Path | None = None, command: str = "conta pre
     log(f"pretrain: {pre.arch} width {pre.width}, {pre.n_classes} classes (part markers "
         f"{world.marker_offset}..{world.marker_offset + pre.n_classes - 1}), {len(world.backgrounds)} backgrounds, "
         f"world seed {pre.world_seed}; {pre.epochs} epochs of {pre.images_per_epoch} new images")
-    model = ImageClassifier(resnet(pre.arch, pre.width, PRETRAIN_STRIDES), pre.n_classes).to(device)
+    model = ImageClassifier(create_backbone(pre.arch, pre.width, PRETRAIN_STRIDES), pre.n_classes).to(device)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BN and biases, as usual
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": pre.weight_decay},

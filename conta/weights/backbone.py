@@ -1,7 +1,6 @@
 """Strict loading of torchvision-format ImageNet ResNet checkpoints into `conta.models.resnet.ResNet`.
 
-The references load with `strict=False`, which silently loads nothing on a name mismatch (spec
-9 #13). Here every model tensor must come from the file with the right shape; only the
+The references load with `strict=False`, which silently loads nothing on a name mismatch. Here every model tensor must come from the file with the right shape; only the
 classifier (`fc.*`) may be left over. Nothing is ever downloaded: "hub" means a file already in
 the torch hub cache, and "synthetic" the stand-in for ImageNet that ships inside the package
 (`conta pretrain` made it; docs/pretraining.md).
