@@ -1,7 +1,8 @@
 """Stage 2: seed (IR) labels from the CAMs, IRNet's cam_to_ir_label.
 
 A high threshold (fg_threshold) keeps only confident foreground and a low one (bg_threshold) only
-confident background; both maps are snapped to image edges by a dense CRF on the raw picture.
+confident background; both maps are snapped to image edges by the seed refiner ir_label.refiner
+names (`conta.ops.refiners`; IRNet's dense CRF on the raw picture by default).
 Pixels that the two disagree on are ignored (255), so the IRN learns pixel relations only where
 the CAM is trustworthy. Images are independent CPU work, so they run in a process pool.
 """
