@@ -37,18 +37,14 @@ def save_model_file(path: str | Path, weights: dict[str, torch.Tensor], meta: di
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
     """The meta (with its kind) of a model file, or None for any other torch file (an ImageNet state dict)."""
-    state = load_checkpoint(path)
-    meta = state.get("meta") if isinstance(state, dict) else None
-    kind = _kind(meta) if isinstance(meta, dict) and "model" in state else None
+    _, meta, kind = _read(path)
     return {**meta, "kind": kind} if kind is not None else None
 
 
 def read_model_file(path: str | Path, kinds: tuple[str, ...], what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(weights, meta) of a model file of one of `kinds`; a one-line DataError names the file and
     says what it is instead (`what` describes the expected file), or how to convert an old one."""
-    state = load_checkpoint(path)
-    meta = state.get("meta") if isinstance(state, dict) else None
-    kind = _kind(meta) if isinstance(meta, dict) and "model" in state else None
+    state, meta, kind = _read(path)
     if kind == OLD_IRN and "irn" in kinds:
         raise DataError(path, "an IRN model file of the previous layout (its meta has no backbone strides and "
                               "dilations); convert it with `conta irn upgrade --config <the config it was "
@@ -67,6 +63,14 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise DataError(path, f"weights do not match their own meta ({(lines[1:2] or lines)[0]})") from None
     return model
+
+
+def _read(path: str | Path) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """(the loaded file, its meta, its kind), the last two None for a file that is no model file."""
+    state = load_checkpoint(path)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    kind = _kind(meta) if isinstance(meta, dict) and "model" in state else None
+    return state, meta, kind
 
 
 def _kind(meta: dict[str, Any]) -> str | None:
