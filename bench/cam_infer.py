@@ -39,7 +39,7 @@ def main() -> None:
     with bench_run(args) as (cfg, device):
         ensure_dataset(cfg.data, log=lambda _: None)
         data = build_dataset(cfg.data, cfg.data.infer_split)
-        model_path = round_paths(cfg, 0).cam / cam.MODEL_FILE
+        model_path = round_paths(cfg, 0).cam_model
         if is_main():
             meta = cam.cam_meta(cfg.cam, data, context_at=None)
             model = cam.build_cam_net(meta).eval()

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conta.artifacts.cam_map import CamRecord
 from conta.config import load_config
 from conta.engine.device import resolve_device
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.ops.cam_fusion import strided_size
-from conta.stages.ir_label import CamRecord
 from conta.stages.irn import build_irn, image_tensor, irn_meta
 from conta.stages.pseudo_mask import pseudo_mask
 from _common import REPO, peak_gib, reset_peak_memory, write_json

@@ -29,7 +29,8 @@ from conta.eval.metrics import DEEPLAB, IRNET, ConfusionMatrix
 from conta.io import save_label_png, save_npz
 from conta.ops.crf import crf_refine_probs
 from conta.seg_predictor import load_seg_model, logits_to_probs, predict_logits
-from conta.stages.ir_label import CamRecord, read_cam, score_seeds, seed_label, threshold_argmax
+from conta.artifacts.cam_map import CamRecord, read_cam_map
+from conta.stages.ir_label import score_seeds, seed_label, threshold_argmax
 from conta.stages.paths import round_paths
 
 
@@ -50,7 +51,7 @@ def high_res_effect(cfg, t: int, scratch: Path) -> None:
     for image_id in data.ids:
         image, gt = data.image(image_id), data.mask(image_id)
         path = round_paths(cfg, t).cam_maps / f"{image_id}.npz"
-        record = read_cam(path, gt.shape)
+        record = read_cam_map(path, gt.shape)
         sizes["direct"] += path.stat().st_size
         save_npz(scratch / "strided.npz", keys=record.keys, cam=record.cam.astype(np.float16))
         sizes["upsampled"] += (scratch / "strided.npz").stat().st_size

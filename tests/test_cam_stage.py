@@ -13,13 +13,14 @@ from PIL import Image
 from torch import nn
 
 import conta.engine.trainer as trainer
+from conta.artifacts.cam_map import write_cam_map
 from conta.cli import main
 from conta.config import CamConfig, Config, load_config
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.transforms import denormalize
 from conta.errors import ContaError
 from conta.eval.metrics import Leakage, average_precision
-from conta.io import load_json
+from conta.io import load_json, load_npz
 from conta.models.cam_net import CamNet
 from conta.models.resnet import resnet
 from conta.stages import cam
@@ -167,15 +168,19 @@ def test_scaled_inputs_are_pil_bicubic_on_uint8_then_normalised() -> None:
         np.testing.assert_allclose(x.numpy().transpose(1, 2, 0), (resized / 255.0 - mean) / std, atol=1e-5)
 
 
-def test_high_res_switch_stores_the_direct_fusion_or_nothing() -> None:
+def test_high_res_switch_stores_the_direct_fusion_or_nothing(tmp_path: Path) -> None:
     model = CamNet(resnet("resnet18", width=4), 3).eval()
     x, keys, cpu = cam.scaled_inputs(np.zeros((37, 50, 3), np.uint8) + 90, [1.0, 0.5]), np.array([0, 2]), torch.device("cpu")
     x[0][:, 5:20, 10:30] = 1.0
-    direct = cam.cam_arrays(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5]), cpu)
-    upsampled = cam.cam_arrays(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5], high_res="upsampled"), cpu)
-    assert direct["high_res"].shape == (2, 37, 50) and direct["high_res"].dtype == np.float16
-    assert set(upsampled) == {"keys", "cam"}
-    np.testing.assert_array_equal(direct["cam"], upsampled["cam"])
+    direct = cam.cam_record(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5]), cpu)
+    upsampled = cam.cam_record(model, x, (37, 50), keys, CamConfig(scales=[1.0, 0.5], high_res="upsampled"), cpu)
+    assert direct.high_res.shape == (2, 37, 50) and upsampled.high_res is None
+    np.testing.assert_array_equal(direct.cam, upsampled.cam)
+    write_cam_map(tmp_path / "a.npz", direct)
+    stored = load_npz(tmp_path / "a.npz")
+    assert set(stored) == {"keys", "cam", "high_res"} and stored["high_res"].dtype == np.float16
+    write_cam_map(tmp_path / "b.npz", upsampled)
+    assert set(load_npz(tmp_path / "b.npz")) == {"keys", "cam"}
 
 
 def test_context_input_trains_saves_and_is_required(tmp_path: Path, data_root: Path) -> None:

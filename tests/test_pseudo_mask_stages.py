@@ -18,7 +18,8 @@ from conta.errors import ContaError, DataError
 from conta.io import load_label_png, save_npz
 from conta.ops.crf import crf_available
 from conta.stages import pseudo_mask as pm
-from conta.stages.ir_label import CamRecord, read_cam, seed_label
+from conta.artifacts.cam_map import CamRecord, read_cam_map
+from conta.stages.ir_label import seed_label
 from conta.stages.irn import IrnTrainDataset, train_irn
 from conta.stages.paths import read_metrics, round_paths
 
@@ -90,9 +91,9 @@ def test_seed_label_crf_snaps_to_the_image() -> None:
 def test_read_cam_rejects_a_wrong_grid(tmp_path: Path) -> None:
     path = tmp_path / "a.npz"
     save_npz(path, keys=np.array([0]), cam=np.zeros((1, 5, 5), np.float16))
-    assert read_cam(path, (20, 17)).cam.shape == (1, 5, 5)
+    assert read_cam_map(path, (20, 17)).cam.shape == (1, 5, 5)
     with pytest.raises(DataError, match="expected"):
-        read_cam(path, (24, 24))
+        read_cam_map(path, (24, 24))
 
 
 def test_seeds_read_the_stored_full_resolution_cam(tmp_path: Path) -> None:
@@ -101,13 +102,13 @@ def test_seeds_read_the_stored_full_resolution_cam(tmp_path: Path) -> None:
     strided = np.zeros((1, 2, 2), np.float16)
     full = np.linspace(0, 1, 8 * 7, dtype=np.float32).reshape(1, 8, 7)
     save_npz(path, keys=np.array([3]), cam=strided, high_res=full.astype(np.float16))
-    record = read_cam(path, (8, 7))
+    record = read_cam_map(path, (8, 7))
     np.testing.assert_allclose(record.full_res((8, 7)), full, atol=1e-3)
-    assert read_cam(path, (8, 7), high_res=False).high_res is None  # the walk leaves it unread
-    assert not read_cam(path, (8, 7), high_res=False).full_res((8, 7)).any()  # upsampled from zeros
+    assert read_cam_map(path, (8, 7), high_res=False).high_res is None  # the walk leaves it unread
+    assert not read_cam_map(path, (8, 7), high_res=False).full_res((8, 7)).any()  # upsampled from zeros
     save_npz(path, keys=np.array([3]), cam=strided, high_res=full[:, :7].astype(np.float16))
     with pytest.raises(DataError, match="high_res has shape"):
-        read_cam(path, (8, 7))
+        read_cam_map(path, (8, 7))
 
 
 # -- stage 3 ----------------------------------------------------------------------------------

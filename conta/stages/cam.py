@@ -2,9 +2,7 @@
 
     round_<t>/cam/checkpoint.pt   whole training state after every epoch (resume)
     round_<t>/cam/model.pt        {"model": weights, "meta": how to rebuild the network}
-    round_<t>/cam/maps/<id>.npz   keys (int64, 0-based tagged classes), cam (float16,
-                                  K x ceil(H/4) x ceil(W/4), max-normalised), high_res (float16,
-                                  K x H x W, max-normalised; with cam.high_res: direct)
+    round_<t>/cam/maps/<id>.npz   the image's CAMs (format: conta.artifacts.cam_map)
     round_<t>/metrics.json        sections "cam_train" (per-epoch log) and "cam" (scores)
 
 Optimiser: SGD with an explicit momentum (cam.momentum). IRNet's PolyOptimizer passed its weight
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conta.artifacts.cam_map import CamRecord, read_cam_map, write_cam_map
 from conta.artifacts.model_file import load_weights, read_model_file, save_model_file
 from conta.config import CamConfig, Config
 from conta.data.build import build_dataset, ensure_dataset
@@ -46,14 +45,13 @@ from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.errors import ContaError, DataError
 from conta.eval.metrics import IRNET, ConfusionMatrix, Leakage, average_precision, format_table
-from conta.io import save_npz, save_rgb
+from conta.io import save_rgb
 from conta.models.backbone import create_backbone
 from conta.models.cam_net import CamNet, ContextAt
 from conta.ops.cam_fusion import scale_cams, tagged_cams
 from conta.progress import progress, rate
 from conta.stages.calibration import calibrate_random_bns
-from conta.stages.ir_label import read_cam
-from conta.stages.paths import RoundPaths, round_paths, update_metrics
+from conta.stages.paths import round_paths, update_metrics
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
 from conta.weights.backbone import load_backbone_weights
 
@@ -61,7 +59,6 @@ ContextProvider = Callable[[str], np.ndarray]
 """image id -> (hc, wc) float32 context input of the intervened classifier."""
 
 Log = Callable[[str], None]
-MODEL_FILE = "model.pt"
 CAM_KIND = "cam_net"
 CALIBRATION_IMAGES = 32
 
@@ -199,7 +196,7 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     """
     log = main_only(log)
     paths = round_paths(cfg, t)
-    model_path = paths.cam / MODEL_FILE
+    model_path = paths.cam_model
     if model_path.is_file():
         log(f"cam train: {model_path} exists; skipping")
         return model_path
@@ -229,7 +226,7 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
         validate = _validation(build_dataset(cfg.data, cfg.data.val_splits[0]), context_provider, device)
     started = time.perf_counter()
     history = train_epochs(model, optimizer, schedule, train_set, classification_loss, plan,
-                           paths.cam / "checkpoint.pt", device, desc=f"cam r{t}", validate=validate, log=log)
+                           paths.cam_checkpoint, device, desc=f"cam r{t}", validate=validate, log=log)
     seconds = time.perf_counter() - started
     if is_main():
         update_metrics(paths.metrics, "cam_train", {
@@ -242,10 +239,6 @@ def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
 
 
 # -- inference ---------------------------------------------------------------------------------
-
-
-def _map_path(paths: RoundPaths, image_id: str) -> Path:
-    return paths.cam_maps / f"{image_id}.npz"
 
 
 def scaled_inputs(image: np.ndarray, scales: list[float]) -> list[torch.Tensor]:
@@ -271,19 +264,16 @@ class CamInputs:
         return scaled_inputs(image, self.scales), image.shape[:2], np.flatnonzero(self.data.tags(image_id)), context
 
 
-def cam_arrays(model: CamNet, images: list[torch.Tensor], size: tuple[int, int], keys: np.ndarray, cam: CamConfig,
+def cam_record(model: CamNet, images: list[torch.Tensor], size: tuple[int, int], keys: np.ndarray, cam: CamConfig,
                device: torch.device, context: np.ndarray | None = None,
-               precision: Precision = Precision()) -> dict[str, np.ndarray]:
-    """One H x W image's npz content from its `scaled_inputs`: multi-scale + flip CAMs of its tagged
+               precision: Precision = Precision()) -> CamRecord:
+    """One H x W image's CAMs from its `scaled_inputs`: multi-scale + flip CAMs of its tagged
     classes, max-normalised (the network under `precision`'s autocast, the fusion in float32)."""
     m = torch.from_numpy(context)[None].to(device) if context is not None else None
     with precision.autocast():
         maps = scale_cams(model, [x.to(device, non_blocking=True) for x in images], cam.flip, m)
     strided, full = tagged_cams(maps, keys, tuple(size), high_res=cam.high_res == "direct")
-    arrays = {"keys": keys.astype(np.int64), "cam": strided.cpu().numpy().astype(np.float16)}
-    if full is not None:
-        arrays["high_res"] = full.cpu().numpy().astype(np.float16)
-    return arrays
+    return CamRecord(keys.astype(np.int64), strided.cpu().numpy(), None if full is None else full.cpu().numpy())
 
 
 def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
@@ -297,7 +287,7 @@ def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     log = main_only(log)
     paths = round_paths(cfg, t)
     data = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = pending(data.ids, lambda i: _map_path(paths, i).is_file())
+    todo = pending(data.ids, lambda i: paths.cam_map(i).is_file())
     log(f"cam infer: {describe_todo(todo, data.ids)} ({cfg.data.infer_split} maps in {paths.cam_maps})")
     if todo:
         data.tag_matrix()  # a bad tag source (or mask) fails before the model is loaded
@@ -311,7 +301,7 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
     paths = round_paths(cfg, t)
     device = resolve_device(cfg.run.device)
     precision = Precision.from_run(cfg.run, device)
-    model = precision.model(load_cam_net(paths.cam / MODEL_FILE, context_module).to(device).eval())
+    model = precision.model(load_cam_net(paths.cam_model, context_module).to(device).eval())
     if (model.context_at is None) != (context_provider is None):
         raise ContaError(f"cam infer: the classifier of round {t} was trained "
                          f"{'without' if model.context_at is None else 'with'} a context input; "
@@ -319,23 +309,13 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
 
     def infer_one(image_id: str, inputs: CamInput) -> WriteJob:
         images, size, keys, context = inputs
-        arrays = cam_arrays(model, images, size, keys, cfg.cam, device, context, precision)
-        return lambda: save_npz(_map_path(paths, image_id), **arrays)
+        record = cam_record(model, images, size, keys, cfg.cam, device, context, precision)
+        return lambda: write_cam_map(paths.cam_map(image_id), record)
 
     seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one,
                             loader_workers(cfg.data.num_workers, device), f"cam maps r{t}", device)
     log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({rate(len(todo), seconds)}"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
-
-
-def load_cam_map(paths: RoundPaths, image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, full-resolution CAMs K x H x W float32) of one image: its stored `high_res`, or its
-    stride-4 maps upsampled when the file has none (cam.high_res: upsampled)."""
-    path = _map_path(paths, image_id)
-    if not path.is_file():
-        raise DataError(path, "CAM not found: run `conta cam infer` (and check data.infer_split covers this image)")
-    record = read_cam(path, size, high_res=True)
-    return record.keys, record.full_res(size)
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -365,7 +345,8 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     probes = [Leakage(c.name, c.source, c.target, c.partner) for c in confounders]
     for image_id in progress(shard(data.ids), desc=f"cam eval r{t}"):
         gt = data.mask(image_id)
-        keys, cams = load_cam_map(paths, image_id, gt.shape)
+        record = read_cam_map(paths.cam_map(image_id), gt.shape)
+        keys, cams = record.keys, record.full_res(gt.shape)
         values = np.concatenate([[0], keys + 1])
         top = cams.max(axis=0) if len(keys) else np.zeros(gt.shape, np.float32)
         best = values[1 + cams.argmax(axis=0)] if len(keys) else np.zeros(gt.shape, np.int64)
@@ -433,7 +414,8 @@ def show(cfg: Config, t: int, image_id: str, out_path: Path, log: Log = print) -
     if image_id not in data.ids:
         raise ContaError(f"cam show: {image_id!r} is not in split {cfg.data.infer_split} (data.infer_split)")
     image = data.image(image_id)
-    keys, cams = load_cam_map(paths, image_id, image.shape[:2])
+    record = read_cam_map(paths.cam_map(image_id), image.shape[:2])
+    keys, cams = record.keys, record.full_res(image.shape[:2])
     panels = [caption(image, image_id)]
     if data.mask_path(image_id).is_file():
         mask = data.mask(image_id, image.shape[:2])

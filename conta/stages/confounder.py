@@ -14,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from conta.artifacts.label_png import label_path, read_label
 from conta.config import Config
 from conta.data.build import build_dataset
 from conta.data.palette import IGNORE_INDEX
 from conta.errors import ContaError
-from conta.io import load_label_png, load_npz, save_npz
+from conta.io import load_npz, save_npz
 from conta.progress import progress
 from conta.stages.paths import RoundPaths, round_paths
 
@@ -84,12 +85,12 @@ def build_confounder_set(cfg: Config, t: int, log: Callable[[str], None] = print
         return paths.confounder
     source = mask_source_dir(cfg, paths)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
-    missing = [i for i in dataset.ids if not (source / f"{i}.png").is_file()]
+    missing = [i for i in dataset.ids if not label_path(source, i).is_file()]
     if missing:
         raise ContaError(f"{source}: {len(missing)} masks missing for the confounder set (first: {missing[0]}.png); "
                          "run the segmentation stage's prediction on the training split first")
     size = tuple(cfg.conta.confounder_size)
-    masks = {i: load_label_png(source / f"{i}.png") for i in progress(dataset.ids, desc="confounder set")}
+    masks = {i: read_label(label_path(source, i)) for i in progress(dataset.ids, desc="confounder set")}
     tags = {i: dataset.tags(i) for i in dataset.ids}
     conf, counts = class_average_masks(masks, tags, dataset.n_classes, size, cfg.conta.include_background)
     prior = make_prior(counts, cfg.conta.prior)

@@ -10,66 +10,25 @@ the CAM is trustworthy. Images are independent CPU work, so they run in a proces
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from conta.artifacts.cam_map import read_cam_map, require_cam_maps
+from conta.artifacts.label_png import label_path, read_label, write_label
 from conta.config import Config, IrLabelConfig
 from conta.data.build import build_dataset
-from conta.data.palette import IGNORE_INDEX, voc_palette
+from conta.data.palette import IGNORE_INDEX
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import cpu_workers
 from conta.engine.distributed import all_reduce_sum, barrier, is_main, main_only, shard
 from conta.engine.inference import describe_todo, pending
 from conta.engine.parallel import run_parallel
-from conta.errors import DataError
 from conta.eval.metrics import ConfusionMatrix
-from conta.io import load_label_png, load_npz, load_rgb, save_label_png
-from conta.ops.cam_fusion import strided_size, upsample_cam
+from conta.io import load_rgb
 from conta.ops.refiners import SeedRefiner
 from conta.registry import REFINERS
 from conta.stages.paths import round_paths, update_metrics, write_done_marker
-
-
-@dataclass(frozen=True)
-class CamRecord:
-    """One image's stored CAM: tagged classes, their stride-4 maps, and their full-resolution
-    maps when the file holds them (cam.high_res: direct)."""
-
-    keys: np.ndarray                 # (K,) int64 0-based class indices
-    cam: np.ndarray                  # (K, ceil(H/4), ceil(W/4)) float32, max-normalised
-    high_res: np.ndarray | None = None  # (K, H, W) float32, max-normalised
-
-    @property
-    def label_values(self) -> np.ndarray:
-        """Label value of each argmax index over [background plane, CAMs]: 0, keys + 1."""
-        return np.concatenate([[0], self.keys + 1]).astype(np.uint8)
-
-    def full_res(self, size: tuple[int, int]) -> np.ndarray:
-        """(K, H, W) CAMs: the stored full-resolution ones, else the stride-4 ones upsampled."""
-        if self.high_res is not None:
-            return self.high_res
-        return upsample_cam(torch.from_numpy(self.cam), size).numpy()
-
-
-def read_cam(path: Path, size: tuple[int, int], high_res: bool = True) -> CamRecord:
-    """Load `<id>.npz` and check its maps against the H x W image they belong to; `high_res`
-    False leaves a stored full-resolution map unread (the random walk needs only the stride-4 one)."""
-    data = load_npz(path, skip=() if high_res else ("high_res",))
-    if "keys" not in data or "cam" not in data:
-        raise DataError(path, "CAM file needs the arrays 'keys' and 'cam'")
-    keys = data["keys"].astype(np.int64).reshape(-1)
-    cam = data["cam"].astype(np.float32)
-    expected = (len(keys), *strided_size(*size))
-    if cam.shape != expected:
-        raise DataError(path, f"cam has shape {cam.shape}, expected {expected} for a {size[0]} x {size[1]} image")
-    full = data.get("high_res")
-    if full is not None and full.shape != (len(keys), *size):
-        raise DataError(path, f"high_res has shape {full.shape}, expected {(len(keys), *size)} for a "
-                              f"{size[0]} x {size[1]} image")
-    return CamRecord(keys, cam, None if full is None else full.astype(np.float32))
 
 
 def threshold_argmax(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -104,23 +63,15 @@ def _seed_one(job: tuple[Path, Path, Path, IrLabelConfig, SeedRefiner]) -> None:
     the refiner travels by reference, so one registered outside conta is imported there too)."""
     image_path, cam_path, out_path, cfg, refine = job
     image = load_rgb(image_path)
-    record = read_cam(cam_path, image.shape[:2])
-    label = seed_label(image, record.full_res(image.shape[:2]), record.label_values, cfg, refine)
-    save_label_png(out_path, label, voc_palette())
-
-
-def require_cams(cam_dir: Path, ids: list[str]) -> None:
-    """Fail before any work when CAMs are missing, naming the command that makes them."""
-    missing = [i for i in ids if not (cam_dir / f"{i}.npz").is_file()]
-    if missing:
-        raise DataError(cam_dir / f"{missing[0]}.npz", f"CAM missing for {len(missing)} images; run `conta cam infer` first")
+    record = read_cam_map(cam_path, image.shape[:2])
+    write_label(out_path, seed_label(image, record.full_res(image.shape[:2]), record.label_values, cfg, refine))
 
 
 def scored_ids(dataset: VOCLayoutDataset, pred_dir: Path) -> list[str]:
     """Ids of `dataset` with both a ground-truth mask and a prediction in `pred_dir` (VOC's
     train_aug has masks for a subset; COCO's are made on demand, so `has_masks` covers all)."""
     with_gt = dataset.ids if dataset.has_masks else [i for i in dataset.ids if dataset.mask_path(i).is_file()]
-    return [i for i in with_gt if (pred_dir / f"{i}.png").is_file()]
+    return [i for i in with_gt if label_path(pred_dir, i).is_file()]
 
 
 def finish_and_find_scored(cfg: Config, folder: Path, n_images: int, name: str,
@@ -147,15 +98,14 @@ def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> d
     log = main_only(log)
     paths = round_paths(cfg, t)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = pending(dataset.ids, lambda i: (paths.ir_label / f"{i}.png").is_file())
+    todo = pending(dataset.ids, lambda i: paths.seed_label(i).is_file())
     refiner = cfg.ir_label.refiner
     refine = REFINERS.get(refiner)
-    require_cams(paths.cam_maps, todo)
+    require_cam_maps(paths.cam_maps, todo)
     workers = cpu_workers(cfg.ir_label.workers)
     log(f"ir labels: {describe_todo(todo, dataset.ids)}, {workers} workers, "
         + (f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}" if refiner == "crf" else f"refiner {refiner}"))
-    jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.ir_label / f"{i}.png", cfg.ir_label, refine)
-            for i in todo]
+    jobs = [(dataset.image_path(i), paths.cam_map(i), paths.seed_label(i), cfg.ir_label, refine) for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
     eval_set, ids = finish_and_find_scored(cfg, paths.ir_label, len(dataset), "ir labels", log)
     if not ids:
@@ -178,7 +128,7 @@ def score_seeds(dataset: VOCLayoutDataset, ids: list[str], seed_dir: Path) -> di
     cm = ConfusionMatrix(["background"] + dataset.class_names)
     ignored = total = 0
     for image_id in shard(ids):
-        seed = load_label_png(seed_dir / f"{image_id}.png")
+        seed = read_label(label_path(seed_dir, image_id))
         cm.update(seed, dataset.mask(image_id, seed.shape))
         ignored += int((seed == IGNORE_INDEX).sum())
         total += seed.size

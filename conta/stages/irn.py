@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from conta.artifacts.label_png import label_path, read_label
 from conta.artifacts.model_file import OLD_IRN, load_weights, read_meta, read_model_file, save_model_file
 from conta.config import Config, IrnConfig
 from conta.data.build import build_dataset
@@ -29,7 +30,6 @@ from conta.engine.precision import Precision
 from conta.engine.sampling import EpochAugmented
 from conta.engine.schedule import PolySchedule
 from conta.errors import ConfigError, ContaError, DataError
-from conta.io import load_label_png
 from conta.models.backbone import create_backbone
 from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn_losses
 from conta.ops.path_index import PathIndex
@@ -69,7 +69,7 @@ class IrnTrainDataset(EpochAugmented):
         image_id = self.ids[index]
         rng = self.sample_rng(index)
         image = self.dataset.image(image_id)
-        label = load_label_png(self.label_dir / f"{image_id}.png")
+        label = read_label(label_path(self.label_dir, image_id), image.shape[:2], self.dataset.n_classes)
         scale = float(rng.uniform(*self.cfg.scale_range))
         image, label = rescale(image, scale), rescale(label, scale, Image.NEAREST)
         image, label = random_hflip(normalize(image), label, rng)
@@ -95,7 +95,7 @@ def build_irn(meta: dict, pretrained: str | None = None, log: Callable[[str], No
 
 def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
     """The trained IRN of round t, rebuilt from its model.pt alone and loaded strictly, in eval mode on `device`."""
-    path = round_paths(cfg, t).irn / "model.pt"
+    path = round_paths(cfg, t).irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
     weights, meta = read_model_file(path, (IRN_KIND,), "a conta IRN (a model.pt of `conta irn train`)")
@@ -105,7 +105,7 @@ def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
 def upgrade_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> Path:
     """Rewrite round t's IRN model.pt of the previous layout with the backbone strides and
     dilations of `cfg` (the config it was trained with), checked by a strict load."""
-    path = round_paths(cfg, t).irn / "model.pt"
+    path = round_paths(cfg, t).irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN to upgrade")
     found = read_meta(path)
@@ -155,14 +155,14 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     """
     log = main_only(log)
     paths = round_paths(cfg, t)
-    model_path = paths.irn / "model.pt"
+    model_path = paths.irn_model
     if model_path.is_file():
         log(f"irn: {model_path} exists, training skipped")
         return read_metrics(paths.metrics).get("irn_train", [])
     if cfg.irn.crop_size % PAD_MULTIPLE:
         raise ConfigError(f"irn.crop_size: must be a multiple of {PAD_MULTIPLE} (the IRN's input stride), got {cfg.irn.crop_size}")
     dataset = build_dataset(cfg.data, cfg.data.train_split)
-    ids = [i for i in dataset.ids if (paths.ir_label / f"{i}.png").is_file()]
+    ids = [i for i in dataset.ids if paths.seed_label(i).is_file()]
     if not ids:
         raise ContaError(f"{paths.ir_label}: no seed labels for split {cfg.data.train_split}; run `conta ir-label` first")
     device = resolve_device(cfg.run.device)
@@ -194,7 +194,7 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
         total = losses.pop("total")
         return total, losses
 
-    checkpoint = paths.irn / "checkpoint.pt"
+    checkpoint = paths.irn_checkpoint
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
     if model.displacement_head is not None:
         model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, cfg.irn.crop_size))

@@ -5,9 +5,13 @@
                          ir_label/<id>.png
                          irn/{checkpoint.pt, model.pt}
                          pseudo_mask/<id>.png
-                         seg/{checkpoint.pt, model.pt, pred/<split>/<id>.png, logits/<split>/<id>.npz}
+                         seg/{checkpoint.pt, model.pt, tb/, pred/<split>/<id>.png, logits/<split>/<id>.npz}
                          confounder.npz
                          metrics.json
+
+Every path of a round is named here and nowhere else; the formats of the files handed from
+stage to stage are in `conta.artifacts` (docs/design.md, "The run directory", lists who writes
+and who reads each).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conta.artifacts.cam_map import cam_map_path
+from conta.artifacts.label_png import label_path
 from conta.config import Config, dump_yaml
 from conta.io import load_json, save_json, save_text
 
@@ -29,16 +35,38 @@ class RoundPaths:
         return self.root / "cam"
 
     @property
+    def cam_checkpoint(self) -> Path:
+        return self.cam / "checkpoint.pt"
+
+    @property
+    def cam_model(self) -> Path:
+        return self.cam / "model.pt"
+
+    @property
     def cam_maps(self) -> Path:
         return self.cam / "maps"
+
+    def cam_map(self, image_id: str) -> Path:
+        return cam_map_path(self.cam_maps, image_id)
 
     @property
     def ir_label(self) -> Path:
         return self.root / "ir_label"
 
+    def seed_label(self, image_id: str) -> Path:
+        return label_path(self.ir_label, image_id)
+
     @property
     def irn(self) -> Path:
         return self.root / "irn"
+
+    @property
+    def irn_checkpoint(self) -> Path:
+        return self.irn / "checkpoint.pt"
+
+    @property
+    def irn_model(self) -> Path:
+        return self.irn / "model.pt"
 
     @property
     def pseudo_mask(self) -> Path:
@@ -47,6 +75,18 @@ class RoundPaths:
     @property
     def seg(self) -> Path:
         return self.root / "seg"
+
+    @property
+    def seg_checkpoint(self) -> Path:
+        return self.seg / "checkpoint.pt"
+
+    @property
+    def seg_model(self) -> Path:
+        return self.seg / "model.pt"
+
+    @property
+    def seg_tb(self) -> Path:
+        return self.seg / "tb"
 
     def seg_pred(self, split: str) -> Path:
         return self.seg / "pred" / split

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conta.artifacts.cam_map import CamRecord, cam_map_path, read_cam_map, require_cam_maps
+from conta.artifacts.label_png import label_path, read_label, write_label
 from conta.config import Config, PseudoMaskConfig
 from conta.data.build import build_dataset
-from conta.data.palette import voc_palette
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import cpu_workers, loader_workers, resolve_device
 from conta.engine.distributed import is_main, main_only
@@ -26,12 +27,11 @@ from conta.engine.parallel import run_parallel
 from conta.errors import ConfigError
 from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import IRNET, format_table
-from conta.io import load_label_png, load_rgb, save_label_png
+from conta.io import load_rgb
 from conta.models.irn import IRN, infer_boundary_displacement
 from conta.ops.cam_fusion import upsample_cam
 from conta.ops.random_walk import propagate
-from conta.stages.ir_label import (CamRecord, finish_and_find_scored, make_ir_labels, read_cam, require_cams,
-                                   threshold_argmax)
+from conta.stages.ir_label import finish_and_find_scored, make_ir_labels, threshold_argmax
 from conta.stages.irn import image_tensor, load_irn, train_irn
 from conta.stages.paths import round_paths, update_metrics
 
@@ -64,18 +64,18 @@ def _start_walker(cfg: Config, t: int) -> None:
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
     image = load_rgb(image_path)
-    return image, read_cam(cam_path, image.shape[:2], high_res=False)
+    return image, read_cam_map(cam_path, image.shape[:2], high_res=False)
 
 
 def _walk_one(job: tuple[Path, Path, Path]) -> None:
     image_path, cam_path, out_path = job
     label = pseudo_mask(_walker["model"], *_walk_inputs(image_path, cam_path), _walker["cfg"], _walker["device"],
                         _walker["crop_size"])
-    save_label_png(out_path, label, voc_palette())
+    write_label(out_path, label)
 
 
 def _load_for_walk(dataset: VOCLayoutDataset, cam_dir: Path, image_id: str) -> tuple[np.ndarray, CamRecord]:
-    return _walk_inputs(dataset.image_path(image_id), cam_dir / f"{image_id}.npz")
+    return _walk_inputs(dataset.image_path(image_id), cam_map_path(cam_dir, image_id))
 
 
 def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[str], device: torch.device) -> None:
@@ -85,7 +85,7 @@ def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[s
 
     def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
         label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device, cfg.irn.crop_size)
-        return partial(save_label_png, paths.pseudo_mask / f"{image_id}.png", label, voc_palette())
+        return partial(write_label, label_path(paths.pseudo_mask, image_id), label)
 
     run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk,
                   loader_workers(cfg.data.num_workers, device), "pseudo-masks", device)
@@ -102,13 +102,13 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     log = main_only(log)
     paths = round_paths(cfg, t)
     dataset = build_dataset(cfg.data, cfg.data.infer_split)
-    todo = pending(dataset.ids, lambda i: (paths.pseudo_mask / f"{i}.png").is_file())
-    require_cams(paths.cam_maps, todo)
+    todo = pending(dataset.ids, lambda i: label_path(paths.pseudo_mask, i).is_file())
+    require_cam_maps(paths.cam_maps, todo)
     device = resolve_device(cfg.run.device)
     if device.type == "cpu":
         workers = cpu_workers(cfg.pseudo_mask.workers)
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
-        jobs = [(dataset.image_path(i), paths.cam_maps / f"{i}.npz", paths.pseudo_mask / f"{i}.png") for i in todo]
+        jobs = [(dataset.image_path(i), paths.cam_map(i), label_path(paths.pseudo_mask, i)) for i in todo]
         run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))
     elif todo:
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
@@ -116,7 +116,7 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     eval_set, ids = finish_and_find_scored(cfg, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
     if not ids:
         return {}
-    scores = score_predictions(eval_set, ids, lambda i: load_label_png(paths.pseudo_mask / f"{i}.png"),
+    scores = score_predictions(eval_set, ids, lambda i: read_label(label_path(paths.pseudo_mask, i)),
                                miou_over=IRNET)
     scores["images"] = len(ids)
     if is_main():
@@ -141,7 +141,7 @@ def run_pseudo_mask_stages(cfg: Config, t: int, steps: Sequence[str] = STEPS,
     paths = round_paths(cfg, t)
     stages = {
         "ir_label": (make_ir_labels, paths.ir_label),
-        "irn": (train_irn, paths.irn / "model.pt"),
+        "irn": (train_irn, paths.irn_model),
         "pseudo_mask": (make_pseudo_masks, paths.pseudo_mask),
     }
     results = {}

@@ -117,7 +117,7 @@ def cam_overlay_section(runs: list[Config], n_images: int = 2) -> list[str]:
     for cfg in runs:
         for t in range(cfg.conta.rounds + 1):
             for image_id in ids:
-                if not (round_paths(cfg, t).cam_maps / f"{image_id}.npz").is_file():
+                if not round_paths(cfg, t).cam_map(image_id).is_file():
                     continue
                 out = main.run_dir / "figures" / f"cam_{cfg.conta.mode}_round{t}_{image_id}.png"
                 show(cfg, t, image_id, out, log=lambda _: None)

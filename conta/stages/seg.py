@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from conta.artifacts.label_png import label_path, read_label, write_label
 from conta.artifacts.model_file import read_meta
 from conta.config import Config, CrfConfig, SegConfig
 from conta.data.build import build_dataset, ensure_dataset
-from conta.data.palette import IGNORE_INDEX, colorize, voc_palette
+from conta.data.palette import IGNORE_INDEX, colorize
 from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
                                    to_chw)
 from conta.data.voc import VOCLayoutDataset
@@ -50,7 +51,7 @@ from conta.engine.trainer import Checkpointer, LossCheck, LRSchedule, ProgressBa
 from conta.errors import ConfigError, ContaError, DataError
 from conta.eval.evaluate import score_predictions
 from conta.eval.metrics import DEEPLAB, format_table
-from conta.io import load_label_png, load_npz, load_rgb, save_label_png, save_npz
+from conta.io import load_npz, load_rgb, save_npz
 from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.seg_predictor import (architecture_note, build_seg_model, load_seg_model, logits_to_probs,
                                  model_meta, predict_logits, save_seg_model, trains_bn)
@@ -84,7 +85,7 @@ class SegTrainStream(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id, rng = self.locate(k)
         image = self.dataset.image(image_id)
-        label = read_label(self.label_dir / f"{image_id}.png", image.shape[:2], self.dataset.n_classes)
+        label = read_label(label_path(self.label_dir, image_id), image.shape[:2], self.dataset.n_classes)
         image, label = augment(image, label, self.seg, rng)
         return torch.from_numpy(to_chw(image)), torch.from_numpy(label.astype(np.int64))
 
@@ -101,16 +102,6 @@ def augment(image: np.ndarray, label: np.ndarray, seg: SegConfig,
     label = resize(label, size, Image.NEAREST)
     image, label = random_crop(image, label, seg.crop_size, rng, pad_at="end")  # 0 = the mean after normalize
     return random_hflip(image, label, rng)
-
-
-def read_label(path: Path, size: tuple[int, int], n_classes: int) -> np.ndarray:
-    label = load_label_png(path)
-    if label.shape != tuple(size):
-        raise DataError(path, f"label is {label.shape[1]}x{label.shape[0]} but its image is {size[1]}x{size[0]}")
-    bad = (label > n_classes) & (label != IGNORE_INDEX)
-    if bad.any():
-        raise DataError(path, f"label value {int(label[bad].max())} outside 0..{n_classes} (255 = ignore)")
-    return label.astype(np.uint8)
 
 
 def label_dir_for(cfg: Config, t: int, dataset: VOCLayoutDataset) -> Path:
@@ -197,14 +188,14 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
 
     log = main_only(log)
     seg, paths = cfg.seg, round_paths(cfg, t)
-    model_path = paths.seg / "model.pt"
+    model_path = paths.seg_model
     if model_path.is_file():
         log(f"seg train: {model_path} exists; skipping")
         return model_path
     ensure_dataset(cfg.data, log=log)
     dataset = build_dataset(cfg.data, cfg.data.train_split)
     label_dir = Path(label_dir) if label_dir is not None else label_dir_for(cfg, t, dataset)
-    ids = [i for i in dataset.ids if (label_dir / f"{i}.png").is_file()]
+    ids = [i for i in dataset.ids if label_path(label_dir, i).is_file()]
     if not ids:
         raise ContaError(f"seg train: no labels for split {cfg.data.train_split} in {label_dir} "
                          f"(seg.label_source={seg.label_source}; run the pseudo-mask stage first or use gt)")
@@ -217,7 +208,7 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
     source_meta = pretrained_meta(seg.pretrained)
     meta = model_meta(seg, ["background", *dataset.class_names], _stride_in_1x1(seg, source_meta))
     model = build_seg_model(meta)
-    ckpt_path = paths.seg / "checkpoint.pt"
+    ckpt_path = paths.seg_checkpoint
     if not ckpt_path.is_file():  # a resumed run gets its weights from the checkpoint
         def first_crops() -> torch.Tensor:  # the samples of the first iterations
             return torch.stack([stream[k][0] for k in range(max(per_iteration, CALIBRATION_CROPS))])
@@ -243,7 +234,7 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
         LRSchedule(schedule),
         ProgressBar(lambda _: f"seg train r{t}"),
         LossCheck(lambda done: done % seg.log_every == 0 or saved(done), nan_error),
-        TensorBoard(paths.seg / "tb", seg.average_loss, seg.log_every, seg.image_log_every, "seg train",
+        TensorBoard(paths.seg_tb, seg.average_loss, seg.log_every, seg.image_log_every, "seg train",
                     lambda: step.panel(seg.normalization), log),
     ], checkpointer=Checkpointer(ckpt_path, saved, meta, on_resume=lambda tr: log(
         f"seg train: resuming at iteration {tr.step} from {ckpt_path}")))
@@ -333,7 +324,7 @@ def training_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tenso
 
 
 def default_model_path(cfg: Config, t: int) -> Path:
-    return round_paths(cfg, t).seg / "model.pt"
+    return round_paths(cfg, t).seg_model
 
 
 def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None:
@@ -402,7 +393,7 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], se
             if logit_dir is not None:
                 save_logits(logit_dir / f"{image_id}.npz", logits, image.shape[:2])
             labels = logits_to_probs(logits, image.shape[:2]).argmax(0).numpy().astype(np.uint8)
-            save_label_png(pred_dir / f"{image_id}.png", labels, voc_palette())
+            write_label(label_path(pred_dir, image_id), labels)
 
         return write
 
@@ -425,7 +416,7 @@ def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_l
     outputs = ModelOutputs(cfg, t, model_path, dataset, log)
     pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
     outputs.claim(pred_dir, *([logit_dir] if keep_logits else []))
-    todo = pending(dataset.ids, lambda i: (pred_dir / f"{i}.png").is_file()
+    todo = pending(dataset.ids, lambda i: label_path(pred_dir, i).is_file()
                    and (not keep_logits or (logit_dir / f"{i}.npz").is_file()))
     if todo:
         write_predictions(cfg, dataset, todo, outputs.load(), pred_dir, logit_dir if keep_logits else None,
@@ -454,8 +445,8 @@ def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers
     if missing:
         write_predictions(cfg, dataset, missing, outputs.load(), paths.seg_pred(split), logit_dir,
                           f"seg logits {split}")
-    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", out_dir / f"{i}.png", cfg.seg.crf)
-            for i in pending(dataset.ids, lambda i: (out_dir / f"{i}.png").is_file())]
+    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", label_path(out_dir, i), cfg.seg.crf)
+            for i in pending(dataset.ids, lambda i: label_path(out_dir, i).is_file())]
     run_parallel(_crf_job, jobs, cpu_workers(workers), f"seg crf {split}")
     barrier()
     return _score(paths, dataset, out_dir, f"seg_{split}_crf", log)
@@ -471,14 +462,14 @@ def _crf_job(job: tuple[Path, Path, Path, CrfConfig]) -> None:
     if probs.shape[1:] != image.shape[:2]:
         raise DataError(logit_path, f"logits are for a {tuple(saved['size'])} image, {image_path} is {image.shape[:2]}")
     refined = crf_refine_probs(image, probs.numpy(), crf_cfg)
-    save_label_png(out_path, refined.argmax(0).astype(np.uint8), voc_palette())
+    write_label(out_path, refined.argmax(0).astype(np.uint8))
 
 
 def _score(paths: RoundPaths, dataset: VOCLayoutDataset, pred_dir: Path, section: str, log: Log) -> dict:
     if not dataset.has_masks:
         log(f"{section}: no ground truth for split {dataset.split}; predictions in {pred_dir}")
         return {}
-    scores = score_predictions(dataset, dataset.ids, lambda i: load_label_png(pred_dir / f"{i}.png"),
+    scores = score_predictions(dataset, dataset.ids, lambda i: read_label(label_path(pred_dir, i)),
                                miou_over=DEEPLAB)
     log(format_table(scores, f"{section} ({paths.root.name}, {len(dataset)} images)"))
     if is_main():
