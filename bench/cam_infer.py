@@ -28,6 +28,7 @@ from conta.engine.distributed import barrier, is_main, shard
 from conta.models.cam_net import calibrate_bn_statistics
 from conta.stages import cam
 from conta.stages.paths import round_paths
+from conta.stages.round_context import RoundContext
 
 CALIBRATION_IMAGES = 8
 
@@ -50,7 +51,7 @@ def main() -> None:
         barrier()
         reset_peak_memory(device)
         started, started_cpu = time.perf_counter(), time.process_time()
-        cam.infer(cfg, 0, log=lambda _: None)
+        cam.infer(RoundContext.of(cfg, 0), log=lambda _: None)
         seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
         if is_main():
             scales = ", ".join(f"{s:g}" for s in cfg.cam.scales)

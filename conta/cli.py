@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conta import __version__
 from conta.config import Config, DataConfig, load_config
@@ -22,6 +23,9 @@ from conta.engine.distributed import (barrier, init_distributed, launched_rank, 
                                       torchrun_command, world_size)
 from conta.errors import ContaError
 from conta.registry import DATASETS
+
+if TYPE_CHECKING:
+    from conta.stages.round_context import RoundContext
 
 Handler = Callable[[argparse.Namespace, Config], int | None]
 
@@ -187,11 +191,11 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), overrides)
 
 
-def _round_config(args: argparse.Namespace, cfg: Config) -> Config:
-    """The config `conta run` gives round --round: its seed is run.seed + t (conta.vary_seed)."""
-    from conta.stages.rounds import round_config
+def _round(args: argparse.Namespace, cfg: Config) -> RoundContext:
+    """Round --round as `conta run` gives it to its stages: its seed is run.seed + t (conta.vary_seed)."""
+    from conta.stages.round_context import RoundContext
 
-    return round_config(cfg, args.round)
+    return RoundContext.of(cfg, args.round)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -257,14 +261,14 @@ def _pseudo_mask_args(p: argparse.ArgumentParser) -> None:
 def _cmd_pseudo_mask(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.pseudo_mask import parse_steps, run_pseudo_mask_stages
 
-    run_pseudo_mask_stages(_round_config(args, cfg), args.round, parse_steps(args.steps))
+    run_pseudo_mask_stages(_round(args, cfg), parse_steps(args.steps))
     return 0
 
 
 def _cmd_irn_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.irn import upgrade_irn
 
-    upgrade_irn(_round_config(args, cfg), args.round)
+    upgrade_irn(_round(args, cfg))
     return 0
 
 
@@ -285,13 +289,12 @@ def _cmd_cam(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import cam
     from conta.stages.rounds import context_for_round
 
-    rcfg = _round_config(args, cfg)
+    rnd = _round(args, cfg)
     if args.cam_step == "eval":
-        cam.evaluate(rcfg, args.round)
+        cam.evaluate(rnd)
         return 0
-    provider, module = context_for_round(rcfg, args.round)
     step = cam.train if args.cam_step == "train" else cam.infer
-    step(rcfg, args.round, context_provider=provider, context_module=module)
+    step(rnd, context_for_round(rnd))
     return 0
 
 
@@ -302,10 +305,9 @@ def _cam_show_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_cam_show(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import cam
-    from conta.stages.paths import round_paths
-
-    out = args.out or round_paths(cfg, args.round).cam / f"show_{args.image_id}.png"
-    cam.show(cfg, args.round, args.image_id, out)
+    rnd = _round(args, cfg)
+    out = args.out or rnd.paths.cam / f"show_{args.image_id}.png"
+    cam.show(rnd, args.image_id, out)
     return 0
 
 
@@ -498,21 +500,21 @@ def _split(args: argparse.Namespace, cfg: Config) -> str:
 def _cmd_seg_train(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.train(_round_config(args, cfg), args.round, label_dir=args.label_dir)
+    seg.train(_round(args, cfg), label_dir=args.label_dir)
     return 0
 
 
 def _cmd_seg_test(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.test(_round_config(args, cfg), args.round, _split(args, cfg), args.model_path, keep_logits=args.keep_logits)
+    seg.test(_round(args, cfg), _split(args, cfg), args.model_path, keep_logits=args.keep_logits)
     return 0
 
 
 def _cmd_seg_crf(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages import seg
 
-    seg.crf(_round_config(args, cfg), args.round, _split(args, cfg), args.model_path, workers=args.workers)
+    seg.crf(_round(args, cfg), _split(args, cfg), args.model_path, workers=args.workers)
     return 0
 
 
@@ -533,14 +535,14 @@ def _cmd_demo_single(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.demo import figure_name, single
 
     out = args.out or (args.run_dir / "demo" / figure_name(args.image_path, args.crf) if args.run_dir else None)
-    single(cfg, args.round, args.image_path, args.model_path, crf=args.crf, out=out)
+    single(_round(args, cfg), args.image_path, args.model_path, crf=args.crf, out=out)
     return 0
 
 
 def _cmd_demo_live(args: argparse.Namespace, cfg: Config) -> int:
     from conta.stages.demo import live
 
-    live(cfg, args.round, args.model_path, camera_id=args.camera_id)
+    live(_round(args, cfg), args.model_path, camera_id=args.camera_id)
     return 0
 
 

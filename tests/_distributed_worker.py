@@ -18,16 +18,18 @@ from conta.engine.device import resolve_device
 from conta.engine.distributed import barrier, init_distributed, teardown
 from conta.stages import cam, seg
 from conta.stages.pseudo_mask import run_pseudo_mask_stages
+from conta.stages.round_context import RoundContext
 
 
 def run_stages(cfg: Config, log: Callable[[str], None] = print) -> None:
     """Stages 1-5 of round 0; the test runs the same in one process for reference."""
-    cam.train(cfg, 0, log=log)
-    cam.infer(cfg, 0, log=log)
-    cam.evaluate(cfg, 0, log=log)
-    run_pseudo_mask_stages(cfg, 0, log=log)
-    seg.train(cfg, 0, log=log)
-    seg.test(cfg, 0, "val", log=log)
+    rnd = RoundContext.of(cfg, 0)
+    cam.train(rnd, log=log)
+    cam.infer(rnd, log=log)
+    cam.evaluate(rnd, log=log)
+    run_pseudo_mask_stages(rnd, log=log)
+    seg.train(rnd, log=log)
+    seg.test(rnd, "val", log=log)
 
 
 def main(config: str, *overrides: str) -> None:

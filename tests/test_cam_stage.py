@@ -25,6 +25,7 @@ from conta.models.cam_net import CamNet
 from conta.models.resnet import resnet
 from conta.stages import cam
 from conta.stages.paths import round_paths
+from conta.stages.round_context import RoundContext
 
 TINY = {
     "run": {"name": "tiny", "device": "cpu"},
@@ -98,7 +99,7 @@ def test_context_follows_the_image_geometry(tmp_path: Path, data_root: Path) -> 
 def test_resume_after_an_interruption_is_exact(tmp_path: Path, data_root: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     straight = tiny_config(tmp_path, data_root, "run.name=straight")
-    cam.train(straight, 0, log=quiet)
+    cam.train(RoundContext.of(straight, 0), log=quiet)
 
     resumed = tiny_config(tmp_path, data_root, "run.name=resumed")
     real_save = trainer.save_checkpoint
@@ -110,10 +111,10 @@ def test_resume_after_an_interruption_is_exact(tmp_path: Path, data_root: Path,
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        cam.train(resumed, 0, log=quiet)
+        cam.train(RoundContext.of(resumed, 0), log=quiet)
     assert not (round_paths(resumed, 0).cam / "model.pt").exists()
     monkeypatch.undo()
-    cam.train(resumed, 0, log=quiet)
+    cam.train(RoundContext.of(resumed, 0), log=quiet)
 
     a = torch.load(round_paths(straight, 0).cam / "model.pt", weights_only=True)
     b = torch.load(round_paths(resumed, 0).cam / "model.pt", weights_only=True)
@@ -184,15 +185,15 @@ def test_high_res_switch_stores_the_direct_fusion_or_nothing(tmp_path: Path) -> 
 
 
 def test_context_input_trains_saves_and_is_required(tmp_path: Path, data_root: Path) -> None:
-    cfg = tiny_config(tmp_path, data_root, "cam.epochs=1", "conta.inject_at=stage3")
+    rnd = RoundContext.of(tiny_config(tmp_path, data_root, "cam.epochs=1"), 1)
     provider = lambda _: np.ones((8, 8), np.float32)  # noqa: E731
-    cam.train(cfg, 1, context_provider=provider, context_module=nn.Conv2d(1, 1, 1), log=quiet)
-    saved = torch.load(round_paths(cfg, 1).cam / "model.pt", weights_only=True)
+    cam.train(rnd, cam.Intervention(provider, "stage3", nn.Conv2d(1, 1, 1)), log=quiet)
+    saved = torch.load(rnd.paths.cam_model, weights_only=True)
     assert saved["meta"]["context_at"] == "stage3" and saved["meta"]["context_module"] == "Conv2d"
     assert "context_module.weight" in saved["model"]
-    with pytest.raises(ContaError, match="context"):
-        cam.infer(cfg, 1, context_module=nn.Conv2d(1, 1, 1), log=quiet)
     with pytest.raises(ContaError, match="context module"):
-        cam.infer(cfg, 1, context_provider=provider, log=quiet)
-    cam.infer(cfg, 1, context_provider=provider, context_module=nn.Conv2d(1, 1, 1), log=quiet)
-    assert len(list(round_paths(cfg, 1).cam_maps.glob("*.npz"))) == len(build_dataset(cfg.data, "train"))
+        cam.infer(rnd, log=quiet)
+    with pytest.raises(ContaError, match="context module"):
+        cam.infer(rnd, cam.Intervention(provider, "stage3"), log=quiet)
+    cam.infer(rnd, cam.Intervention(provider, "stage3", nn.Conv2d(1, 1, 1)), log=quiet)
+    assert len(list(rnd.paths.cam_maps.glob("*.npz"))) == len(build_dataset(rnd.data, "train"))

@@ -30,6 +30,7 @@ from conta.io import load_json, load_label_png, load_npz
 from conta.stages import cam
 from conta.stages.paths import round_paths
 from conta.stages.seg import micro_batches
+from conta.stages.round_context import RoundContext
 
 from _distributed_worker import run_stages
 from _sync_bn_worker import batch, one_step
@@ -125,7 +126,7 @@ def test_two_processes_run_stages_1_to_5_like_one(setup: tuple[Path, list[str]],
 
     # evaluation: counts summed over ranks equal the counts of one process scoring the same maps
     distributed_scores = load_json(two.metrics)["cam"]
-    rescored = cam.evaluate(cfg, 0, log=lambda _: None)
+    rescored = cam.evaluate(RoundContext.of(cfg, 0), log=lambda _: None)
     assert distributed_scores["per_class"] == rescored["per_class"] and distributed_scores["sweep"] == rescored["sweep"]
     for name, leak in rescored["leakage"].items():  # float sums, added in another order
         got = distributed_scores["leakage"][name]

@@ -15,6 +15,7 @@ from conta.engine.checkpoint import save_torch
 from conta.errors import ConfigError, DataError
 from conta.stages import cam, irn
 from conta.stages.paths import round_paths
+from conta.stages.round_context import RoundContext
 
 BACKBONE = ["arch=resnet18", "width=4", "strides=[2,2,2,1]", "dilations=[1,1,1,1]"]
 
@@ -46,7 +47,7 @@ def test_round_trip_and_one_line_errors(tmp_path: Path) -> None:
 def _save_irn(cfg: Config, meta: dict) -> tuple[Path, dict]:
     torch.manual_seed(0)
     model = irn.build_irn(meta)
-    path = round_paths(cfg, 0).irn / "model.pt"
+    path = round_paths(cfg, 0).irn_model
     save_model_file(path, model.state_dict(), meta)
     return path, model.state_dict()
 
@@ -55,7 +56,7 @@ def test_the_irn_is_rebuilt_from_its_meta_not_the_config(tmp_path: Path) -> None
     trained = _config(tmp_path, "irn.backbone.strides=[2,2,1,1]", "irn.displacement=false")
     _, weights = _save_irn(trained, irn.irn_meta(trained.irn))
     other = _config(tmp_path, "irn.backbone.arch=resnet34", "irn.backbone.width=8", "irn.displacement=true")
-    model = irn.load_irn(other, 0, torch.device("cpu"))
+    model = irn.load_irn(round_paths(other, 0), torch.device("cpu"))
     assert model.displacement_head is None and model.backbone.layer3[0].conv1.stride == (1, 1)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
@@ -67,16 +68,16 @@ def test_an_irn_of_the_previous_layout_says_how_to_convert_it_and_converts(tmp_p
     path, weights = _save_irn(cfg, {**old_meta, **irn.irn_meta(cfg.irn)})
     save_torch(path, {"model": weights, "meta": old_meta})  # what the previous layout wrote
     with pytest.raises(DataError, match=r"model\.pt: an IRN model file of the previous layout .* `conta irn upgrade"):
-        irn.load_irn(cfg, 0, torch.device("cpu"))
+        irn.load_irn(round_paths(cfg, 0), torch.device("cpu"))
     with pytest.raises(ConfigError, match="trained with resnet18 width 4"):
-        irn.upgrade_irn(_config(tmp_path, "irn.backbone.width=8"), 0, log=lambda _: None)
-    irn.upgrade_irn(cfg, 0, log=lambda _: None)
-    model = irn.load_irn(cfg, 0, torch.device("cpu"))
+        irn.upgrade_irn(RoundContext.of(_config(tmp_path, "irn.backbone.width=8"), 0), log=lambda _: None)
+    irn.upgrade_irn(RoundContext.of(cfg, 0), log=lambda _: None)
+    model = irn.load_irn(round_paths(cfg, 0), torch.device("cpu"))
     assert model.backbone.layer3[0].conv1.stride == (1, 1)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert read_meta(path)["radius"] == 5
     with pytest.raises(DataError, match="nothing to upgrade"):
-        irn.upgrade_irn(cfg, 0, log=lambda _: None)
+        irn.upgrade_irn(RoundContext.of(cfg, 0), log=lambda _: None)
 
 
 def test_a_classifier_of_the_previous_layout_still_loads(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from conta.artifacts.cam_map import CamRecord, read_cam_map
 from conta.stages.ir_label import seed_label
 from conta.stages.irn import IrnTrainDataset, train_irn
 from conta.stages.paths import read_metrics, round_paths
+from conta.stages.round_context import RoundContext
 
 needs_crf = pytest.mark.skipif(not crf_available(), reason="pydensecrf2 not installed")
 
@@ -135,7 +136,7 @@ def test_irn_training_resumes_to_the_same_weights(tiny_voc, tmp_path: Path, monk
         return cfg
 
     straight, resumed = train("straight"), train("resumed")
-    train_irn(straight, 0, log=lambda _: None)
+    train_irn(RoundContext.of(straight, 0), log=lambda _: None)
 
     import conta.stages.irn as irn_stage
     calls = {"n": 0}
@@ -149,10 +150,10 @@ def test_irn_training_resumes_to_the_same_weights(tiny_voc, tmp_path: Path, monk
 
     monkeypatch.setattr(irn_stage, "irn_losses", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train_irn(resumed, 0, log=lambda _: None)
+        train_irn(RoundContext.of(resumed, 0), log=lambda _: None)
     assert (round_paths(resumed, 0).irn / "checkpoint.pt").is_file()
     monkeypatch.setattr(irn_stage, "irn_losses", real)
-    history = train_irn(resumed, 0, log=lambda _: None)
+    history = train_irn(RoundContext.of(resumed, 0), log=lambda _: None)
 
     a = torch.load(round_paths(straight, 0).irn / "model.pt", weights_only=True)["model"]
     b = torch.load(round_paths(resumed, 0).irn / "model.pt", weights_only=True)["model"]
@@ -201,7 +202,7 @@ def test_stages_2_to_4_write_score_and_resume(tiny_voc, tmp_path: Path, capsys) 
     extra = (f"ir_label.crf.enabled={str(crf_available()).lower()}", "pseudo_mask.workers=2")  # a process pool
     cfg = _config(tiny_voc.root, tmp_path, *extra)
     _write_cams(cfg, tiny_voc)
-    results = pm.run_pseudo_mask_stages(cfg, 0)
+    results = pm.run_pseudo_mask_stages(RoundContext.of(cfg, 0))
     paths = round_paths(cfg, 0)
     for image_id in tiny_voc.ids:
         seed = load_label_png(paths.ir_label / f"{image_id}.png")
@@ -238,7 +239,7 @@ def test_missing_crf_backend_names_the_switch(tiny_voc, tmp_path: Path, monkeypa
     _write_cams(cfg, tiny_voc)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(ContaError, match="ir_label.crf.enabled=false"):
-        pm.run_pseudo_mask_stages(cfg, 0, ("ir_label",))
+        pm.run_pseudo_mask_stages(RoundContext.of(cfg, 0), ("ir_label",))
 
 
 def test_cli_steps_are_checked(capsys) -> None:

@@ -19,7 +19,8 @@ from conta.registry import BACKBONES, DATASETS, REFINERS, Registry
 from conta.stages import cam
 from conta.stages.data_check import check_dataset
 from conta.stages.ir_label import seed_label
-from conta.stages.paths import read_metrics, round_paths
+from conta.stages.paths import read_metrics
+from conta.stages.round_context import RoundContext
 
 
 def test_a_dataset_from_one_file_trains_a_cam_step(tmp_path: Path) -> None:
@@ -35,9 +36,10 @@ def test_a_dataset_from_one_file_trains_a_cam_step(tmp_path: Path) -> None:
     expected = np.array([[i % 3 != 1, i % 3 != 0] for i in range(toy_dataset.IMAGES)])
     assert data.class_names == toy_dataset.CLASSES and (data.tag_matrix() > 0).tolist() == expected.tolist()
     assert check_dataset(cfg.data, ["train"], workers=1).ok
-    model_path = cam.train(cfg, 0, log=lambda _: None)
+    rnd = RoundContext.of(cfg, 0)
+    model_path = cam.train(rnd, log=lambda _: None)
     assert model_path.is_file()
-    epochs = read_metrics(round_paths(cfg, 0).metrics)["cam_train"]["epochs"]
+    epochs = read_metrics(rnd.paths.metrics)["cam_train"]["epochs"]
     assert len(epochs) == 1 and np.isfinite(epochs[0]["train_loss"])
     assert cam.load_cam_net(model_path).n_classes == 2
 

@@ -31,13 +31,14 @@ from conta.seg_predictor import Predictor, architecture_note, build_seg_model, l
 from conta.stages import seg
 from conta.stages.paths import round_paths
 from conta.stages.provenance import claim, model_identity
+from conta.stages.round_context import RoundContext
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The config of a tiny synthetic run whose model was trained on ground truth (shared)."""
     cfg = seg_config(tmp_path_factory.mktemp("seg"))
-    seg.train(cfg, 0, log=lambda s: None)
+    seg.train(RoundContext.of(cfg, 0), log=lambda s: None)
     return cfg
 
 
@@ -153,7 +154,7 @@ def test_training_stream_is_a_function_of_seed_and_sample_number(trained: Config
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     straight = seg_config(tmp_path / "a")
     resumed = seg_config(tmp_path / "b")
-    seg.train(straight, 0, log=lambda s: None)
+    seg.train(RoundContext.of(straight, 0), log=lambda s: None)
 
     real_save = trainer.save_checkpoint
 
@@ -164,13 +165,13 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path: Path, monkey
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        seg.train(resumed, 0, log=lambda s: None)
+        seg.train(RoundContext.of(resumed, 0), log=lambda s: None)
     assert not (round_paths(resumed, 0).seg / "model.pt").exists()
     ckpt = round_paths(resumed, 0).seg / "checkpoint.pt"  # rewritten as the previous layout counted: "iteration"
     state = torch.load(ckpt, weights_only=True)
     torch.save({**{k: v for k, v in state.items() if k != "step"}, "iteration": state["step"]}, ckpt)
     messages: list[str] = []
-    seg.train(resumed, 0, log=messages.append)
+    seg.train(RoundContext.of(resumed, 0), log=messages.append)
     assert any("resuming at iteration 3" in m for m in messages)
     a = torch.load(round_paths(straight, 0).seg / "model.pt", weights_only=True)["model"]
     b = torch.load(round_paths(resumed, 0).seg / "model.pt", weights_only=True)["model"]
@@ -217,20 +218,20 @@ def test_nan_loss_stops_with_the_iteration(tmp_path: Path, monkeypatch: pytest.M
     cfg = seg_config(tmp_path)
     monkeypatch.setattr(seg, "msc_loss", lambda outputs, labels: outputs[0].sum() * float("nan"))
     with pytest.raises(ContaError, match="iteration 1"):
-        seg.train(cfg, 0, log=lambda s: None)
+        seg.train(RoundContext.of(cfg, 0), log=lambda s: None)
 
 
 def test_training_without_labels_says_where_it_looked(tmp_path: Path) -> None:
     cfg = seg_config(tmp_path, "seg.label_source=pseudo_mask")
     with pytest.raises(ContaError, match="pseudo_mask"):
-        seg.train(cfg, 0, log=lambda s: None)
+        seg.train(RoundContext.of(cfg, 0), log=lambda s: None)
 
 
 # -- test ---------------------------------------------------------------------------------------
 
 
 def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    scores = seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)
+    scores = seg.test(RoundContext.of(trained, 0), "val", keep_logits=True, log=lambda s: None)
     paths = round_paths(trained, 0)
     assert np.isfinite(scores["miou"]) and 0 <= scores["miou"] <= 1
     assert load_json(paths.metrics)["seg_val"]["miou"] == scores["miou"]
@@ -245,7 +246,7 @@ def test_test_writes_palette_pngs_logits_and_scores(trained: Config, monkeypatch
     # a second call finds every output and loads no model
     monkeypatch.setattr(seg, "write_predictions", lambda *a, **k: pytest.fail("recomputed"))
     monkeypatch.setattr(seg, "load_seg_model", lambda *a, **k: pytest.fail("loaded"))
-    assert seg.test(trained, 0, "val", keep_logits=True, log=lambda s: None)["miou"] == scores["miou"]
+    assert seg.test(RoundContext.of(trained, 0), "val", keep_logits=True, log=lambda s: None)["miou"] == scores["miou"]
 
 
 def test_test_on_images_without_ground_truth(trained: Config, tmp_path: Path) -> None:
@@ -255,7 +256,7 @@ def test_test_on_images_without_ground_truth(trained: Config, tmp_path: Path) ->
         mask.unlink()
     other = replace(trained, [f"data.root={tmp_path / 'data'}", f"run.out_dir={tmp_path / 'runs'}"])
     model_path = round_paths(trained, 0).seg / "model.pt"
-    assert seg.test(other, 0, "val", model_path=model_path, log=lambda s: None) == {}
+    assert seg.test(RoundContext.of(other, 0), "val", model_path=model_path, log=lambda s: None) == {}
     for image_id in seg.build_dataset(other.data, "val").ids:
         labels = load_label_png(round_paths(other, 0).seg_pred("val") / f"{image_id}.png")
         assert labels.shape == (IMAGE_SIZE, IMAGE_SIZE) and labels.max() < N_CLASSES
@@ -267,13 +268,13 @@ def test_test_with_another_model_recomputes_and_a_bad_model_path_fails(trained: 
     shutil.copytree(trained.run_dir, cfg.run_dir)
     pred, logits = round_paths(cfg, 0).seg_pred("val"), round_paths(cfg, 0).seg_logits("val")
     dataset = seg.build_dataset(cfg.data, "val")
-    first = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
+    first = seg.test(RoundContext.of(cfg, 0), "val", keep_logits=True, log=lambda s: None)
     own = {p.name: p.read_bytes() for p in pred.glob("*.png")}
     assert len(own) == len(dataset)
 
     other = untrained_model(cfg, tmp_path / "other.pt", dataset.class_names)
     messages: list[str] = []
-    second = seg.test(cfg, 0, "val", model_path=other, keep_logits=True, log=messages.append)
+    second = seg.test(RoundContext.of(cfg, 0), "val", model_path=other, keep_logits=True, log=messages.append)
     assert any(f"{len(dataset)} outputs of another model removed" in m for m in messages)
     for folder in (pred, logits):
         assert load_json(folder / "MODEL.json")["sha256"] == model_identity(other)["sha256"]
@@ -288,11 +289,11 @@ def test_test_with_another_model_recomputes_and_a_bad_model_path_fails(trained: 
     for bad, problem in ((tmp_path / "missing.pt", "model file not found"),
                          (tmp_path / "random.pt", "not a readable conta checkpoint")):
         with pytest.raises(ContaError, match=f"{bad.name}: {problem}"):
-            seg.test(cfg, 0, "val", model_path=bad, log=lambda s: None)
+            seg.test(RoundContext.of(cfg, 0), "val", model_path=bad, log=lambda s: None)
         assert {p.name: p.read_bytes() for p in pred.iterdir()} == kept
 
     # back to the round's own model: its predictions and scores again
-    assert seg.test(cfg, 0, "val", log=lambda s: None) == first
+    assert seg.test(RoundContext.of(cfg, 0), "val", log=lambda s: None) == first
     assert {p.name: p.read_bytes() for p in pred.glob("*.png")} == own
 
 
@@ -323,7 +324,7 @@ def test_crf_snaps_a_blurred_prediction_to_the_colour_edge(tmp_path: Path) -> No
     before = ConfusionMatrix(["background", "thing"])
     blurred = logits_to_probs(logits.half().float(), size).argmax(0).numpy()
     before.update(blurred, gt)
-    after = seg.crf(cfg, 0, "val", workers=2, log=lambda s: None)
+    after = seg.crf(RoundContext.of(cfg, 0), "val", workers=2, log=lambda s: None)
     assert after["miou"] > before.scores()["miou"] + 0.1
     assert load_json(paths.metrics)["seg_val_crf"]["miou"] == after["miou"]
     assert load_label_png(paths.seg_pred("val_crf") / "a.png").shape == size
@@ -341,7 +342,7 @@ def test_predictor_labels_at_the_input_size(trained: Config) -> None:
     labels, probs = predictor.predict(image)
     assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
     assert probs.shape == (N_CLASSES, *image.shape[:2]) and np.allclose(probs.sum(0), 1, atol=1e-4)
-    seg.test(trained, 0, "val", log=lambda s: None)  # the stage and the Predictor agree pixel for pixel
+    seg.test(RoundContext.of(trained, 0), "val", log=lambda s: None)  # the stage and the Predictor agree pixel for pixel
     assert np.array_equal(labels, load_label_png(round_paths(trained, 0).seg_pred("val") / f"{image_id}.png"))
     labels_resized, probs_crf = predictor.predict(image, resize=True, crf=True)
     assert labels_resized.shape == image.shape[:2] and probs_crf.shape == probs.shape
@@ -357,7 +358,7 @@ V3PLUS = ("seg.model=deeplabv3plus", "seg.lr=0.01", "seg.lr_decay_every=1")
 @pytest.fixture(scope="module")
 def trained_v3plus(tmp_path_factory: pytest.TempPathFactory) -> Config:
     cfg = seg_config(tmp_path_factory.mktemp("seg_v3plus"), *V3PLUS)
-    seg.train(cfg, 0, log=lambda s: None)
+    seg.train(RoundContext.of(cfg, 0), log=lambda s: None)
     return cfg
 
 
@@ -371,12 +372,12 @@ def test_v3plus_trains_tests_refines_and_predicts(trained_v3plus: Config) -> Non
     model, meta = load_seg_model(paths.seg / "model.pt")
     assert isinstance(model.base, DeepLabV3) and model.base.decoder is not None and meta == saved["meta"]
 
-    scores = seg.test(cfg, 0, "val", keep_logits=True, log=lambda s: None)
+    scores = seg.test(RoundContext.of(cfg, 0), "val", keep_logits=True, log=lambda s: None)
     assert np.isfinite(scores["miou"])
     for image_id in seg.build_dataset(cfg.data, "val").ids:
         logits = load_npz(paths.seg_logits("val") / f"{image_id}.npz")
         assert logits["logits"].shape == (N_CLASSES, IMAGE_SIZE // 4, IMAGE_SIZE // 4)  # v3+ decodes at /4
-    assert np.isfinite(seg.crf(cfg, 0, "val", workers=1, log=lambda s: None)["miou"])
+    assert np.isfinite(seg.crf(RoundContext.of(cfg, 0), "val", workers=1, log=lambda s: None)["miou"])
     dataset = seg.build_dataset(cfg.data, "val")
     labels, _ = Predictor(cfg, paths.seg / "model.pt").predict(dataset.image(dataset.ids[0]))
     assert np.array_equal(labels, load_label_png(paths.seg_pred("val") / f"{dataset.ids[0]}.png"))

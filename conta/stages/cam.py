@@ -9,19 +9,21 @@ Optimiser: SGD with an explicit momentum (cam.momentum). IRNet's PolyOptimizer p
 decay in SGD's positional momentum slot, so the published IRNet and CONTA numbers were produced
 with momentum 1e-4, in effect none: the default 0.0 reproduces them, 0.9 is the textbook value.
 
-Context (CONTA rounds t >= 1): `context_provider(image_id)` returns the image's context input,
-an hc x wc float32 map (e.g. the previous round's foreground X_m; it is also asked for validation
-images). The optional `context_module` turns a (B, 1, hc, wc) batch of those into M inside the
-classifier's forward pass, so it trains with the classifier and is saved in model.pt; without a
-module the provided map is M itself (the "mask" control). The map is treated as part of the
+Context (CONTA rounds t >= 1, an `Intervention`): its `provider(image_id)` returns the image's
+context input, an hc x wc float32 map (e.g. the previous round's foreground X_m; it is also asked
+for validation images). The optional `module` turns a (B, 1, hc, wc) batch of those into M inside
+the classifier's forward pass, so it trains with the classifier and is saved in model.pt; without
+a module the provided map is M itself (the "mask" control). The map is treated as part of the
 image: in training it is resized, flipped and cropped with the image and then brought back to
-hc x wc; at test time it is flipped with the image. Where M enters is `conta.inject_at`.
+hc x wc; at test time it is flipped with the image. Where M enters is its `at` (the round
+driver passes `conta.inject_at`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from PIL import Image
 
 from conta.artifacts.cam_map import CamRecord, read_cam_map, write_cam_map
 from conta.artifacts.model_file import load_weights, read_model_file, save_model_file
-from conta.config import CamConfig, Config
+from conta.config import CamConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.synthetic import known_confounders
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, resize, resize_long_side, to_chw
@@ -51,12 +53,23 @@ from conta.models.cam_net import CamNet, ContextAt
 from conta.ops.cam_fusion import scale_cams, tagged_cams
 from conta.progress import progress, rate
 from conta.stages.calibration import calibrate_random_bns
-from conta.stages.paths import round_paths, update_metrics
+from conta.stages.paths import update_metrics
+from conta.stages.round_context import RoundContext
 from conta.viz import caption, grid, heatmap_overlay, label_legend, label_overlay
 from conta.weights.backbone import load_backbone_weights
 
 ContextProvider = Callable[[str], np.ndarray]
 """image id -> (hc, wc) float32 context input of the intervened classifier."""
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """What the classifier of a round t >= 1 adds: each image's context map, where M enters the
+    network, and the module turning the map into M (None: the map is M, the "mask" control)."""
+
+    provider: ContextProvider
+    at: ContextAt
+    module: torch.nn.Module | None = None
 
 Log = Callable[[str], None]
 CAM_KIND = "cam_net"
@@ -187,51 +200,50 @@ def _calibrate(model: CamNet, samples: CamTrainSet, device: torch.device, log: L
                          why="random initialisation (cam.backbone.pretrained is null)")
 
 
-def train(cfg: Config, t: int, context_provider: ContextProvider | None = None,
-          context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
+def train(rnd: RoundContext, intervention: Intervention | None = None, log: Log = print) -> Path:
     """Train round t's classifier (resuming from its checkpoint) and write cam/model.pt.
 
     Under torchrun every rank trains (DDP, the configured batch split over the ranks), rank 0
     writes the files, and all return once model.pt is there.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
+    paths, cam, data_cfg, run = rnd.paths, rnd.cam, rnd.data, rnd.run
     model_path = paths.cam_model
     if model_path.is_file():
         log(f"cam train: {model_path} exists; skipping")
         return model_path
-    if context_module is not None and context_provider is None:
-        raise ContaError("cam train: a context module needs a context provider (its input maps)")
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    ensure_dataset(cfg.data, log=log)
-    data = build_dataset(cfg.data, cfg.data.train_split)
+    seed_everything(rnd.seed, run.deterministic)
+    ensure_dataset(data_cfg, log=log)
+    data = build_dataset(data_cfg, data_cfg.train_split)
     data.tag_matrix()  # every tag now (and, when they come from masks, every mask checked against its image)
-    device = resolve_device(cfg.run.device)
-    plan = EpochTraining(cfg.cam.epochs, cfg.cam.batch_size, seed=cfg.run.seed,
-                         num_workers=loader_workers(cfg.data.num_workers, device),
-                         precision=Precision.from_run(cfg.run, device), log_every=cfg.cam.log_every)
+    device = resolve_device(run.device)
+    plan = EpochTraining(cam.epochs, cam.batch_size, seed=rnd.seed,
+                         num_workers=loader_workers(data_cfg.num_workers, device),
+                         precision=Precision.from_run(run, device), log_every=cam.log_every)
     max_step = steps_per_epoch(len(data), plan.batch_size, plan.drop_last, "cam.batch_size") * plan.epochs  # before any slow step
-    context_at: ContextAt | None = cfg.conta.inject_at if context_provider is not None else None
-    meta = cam_meta(cfg.cam, data, context_at, context_module)
-    model = build_cam_net(meta, context_module, cfg.cam.backbone.pretrained, log)
+    provider = intervention.provider if intervention is not None else None
+    context_module = intervention.module if intervention is not None else None
+    context_at = intervention.at if intervention is not None else None
+    meta = cam_meta(cam, data, context_at, context_module)
+    model = build_cam_net(meta, context_module, cam.backbone.pretrained, log)
     model.to(device)
-    train_set = CamTrainSet(data, cfg.cam, cfg.run.seed, context_provider)
-    if not cfg.cam.backbone.pretrained:
+    train_set = CamTrainSet(data, cam, rnd.seed, provider)
+    if not cam.backbone.pretrained:
         _calibrate(model, train_set, device, log)
-    optimizer = torch.optim.SGD(model.param_groups(cfg.cam.head_lr_mult), lr=cfg.cam.lr,
-                                momentum=cfg.cam.momentum, weight_decay=cfg.cam.weight_decay)
-    schedule = PolySchedule(optimizer, cfg.cam.lr, max_step, cfg.cam.poly_power)
+    optimizer = torch.optim.SGD(model.param_groups(cam.head_lr_mult), lr=cam.lr,
+                                momentum=cam.momentum, weight_decay=cam.weight_decay)
+    schedule = PolySchedule(optimizer, cam.lr, max_step, cam.poly_power)
     validate = None
-    if cfg.data.val_splits:
-        validate = _validation(build_dataset(cfg.data, cfg.data.val_splits[0]), context_provider, device)
+    if data_cfg.val_splits:
+        validate = _validation(build_dataset(data_cfg, data_cfg.val_splits[0]), provider, device)
     started = time.perf_counter()
     history = train_epochs(model, optimizer, schedule, train_set, classification_loss, plan,
-                           paths.cam_checkpoint, device, desc=f"cam r{t}", validate=validate, log=log)
+                           paths.cam_checkpoint, device, desc=f"cam r{rnd.t}", validate=validate, log=log)
     seconds = time.perf_counter() - started
     if is_main():
         update_metrics(paths.metrics, "cam_train", {
             "epochs": history, "session_seconds": seconds, "max_step": max_step, "context_at": context_at,
-            "val_split": cfg.data.val_splits[0] if cfg.data.val_splits else None})
+            "val_split": data_cfg.val_splits[0] if data_cfg.val_splits else None})
         save_cam_net(model_path, model, meta)  # written last: its presence means "trained"
     barrier()
     log(f"cam train: {model_path} written ({seconds:.1f} s this session)")
@@ -276,8 +288,7 @@ def cam_record(model: CamNet, images: list[torch.Tensor], size: tuple[int, int],
     return CamRecord(keys.astype(np.int64), strided.cpu().numpy(), None if full is None else full.cpu().numpy())
 
 
-def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
-          context_module: torch.nn.Module | None = None, log: Log = print) -> Path:
+def infer(rnd: RoundContext, intervention: Intervention | None = None, log: Log = print) -> Path:
     """Write cam/maps/<id>.npz for every image of data.infer_split (existing files are kept).
 
     Under torchrun each rank makes the maps of its shard (ids[rank::world]); all return once every
@@ -285,35 +296,37 @@ def infer(cfg: Config, t: int, context_provider: ContextProvider | None = None,
     by a background thread.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    data = build_dataset(cfg.data, cfg.data.infer_split)
+    paths = rnd.paths
+    data = build_dataset(rnd.data, rnd.data.infer_split)
     todo = pending(data.ids, lambda i: paths.cam_map(i).is_file())
-    log(f"cam infer: {describe_todo(todo, data.ids)} ({cfg.data.infer_split} maps in {paths.cam_maps})")
+    log(f"cam infer: {describe_todo(todo, data.ids)} ({rnd.data.infer_split} maps in {paths.cam_maps})")
     if todo:
         data.tag_matrix()  # a bad tag source (or mask) fails before the model is loaded
-        _write_maps(cfg, t, data, todo, context_provider, context_module, log)
+        _write_maps(rnd, data, todo, intervention, log)
     barrier()
     return paths.cam_maps
 
 
-def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], context_provider: ContextProvider | None,
-                context_module: torch.nn.Module | None, log: Log) -> None:
-    paths = round_paths(cfg, t)
-    device = resolve_device(cfg.run.device)
-    precision = Precision.from_run(cfg.run, device)
+def _write_maps(rnd: RoundContext, data: VOCLayoutDataset, todo: list[str], intervention: Intervention | None,
+                log: Log) -> None:
+    paths = rnd.paths
+    device = resolve_device(rnd.run.device)
+    precision = Precision.from_run(rnd.run, device)
+    context_provider = intervention.provider if intervention is not None else None
+    context_module = intervention.module if intervention is not None else None
     model = precision.model(load_cam_net(paths.cam_model, context_module).to(device).eval())
     if (model.context_at is None) != (context_provider is None):
-        raise ContaError(f"cam infer: the classifier of round {t} was trained "
+        raise ContaError(f"cam infer: the classifier of round {rnd.t} was trained "
                          f"{'without' if model.context_at is None else 'with'} a context input; "
                          f"the context provider must match")
 
     def infer_one(image_id: str, inputs: CamInput) -> WriteJob:
         images, size, keys, context = inputs
-        record = cam_record(model, images, size, keys, cfg.cam, device, context, precision)
+        record = cam_record(model, images, size, keys, rnd.cam, device, context, precision)
         return lambda: write_cam_map(paths.cam_map(image_id), record)
 
-    seconds = run_inference(todo, CamInputs(data, cfg.cam.scales, context_provider), infer_one,
-                            loader_workers(cfg.data.num_workers, device), f"cam maps r{t}", device)
+    seconds = run_inference(todo, CamInputs(data, rnd.cam.scales, context_provider), infer_one,
+                            loader_workers(rnd.data.num_workers, device), f"cam maps r{rnd.t}", device)
     log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({rate(len(todo), seconds)}"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
 
@@ -321,7 +334,7 @@ def _write_maps(cfg: Config, t: int, data: VOCLayoutDataset, todo: list[str], co
 # -- evaluation --------------------------------------------------------------------------------
 
 
-def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
+def evaluate(rnd: RoundContext, log: Log = print) -> dict:
     """Score round t's CAMs on data.eval_split: mIoU at cam.eval_threshold, the threshold sweep,
     two trivial baselines and, on synthetic data, the leakage onto known confounders.
 
@@ -333,15 +346,15 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
     sums are added over ranks before any score is computed.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    data = build_dataset(cfg.data, cfg.data.eval_split)
+    paths, cam, t = rnd.paths, rnd.cam, rnd.t
+    data = build_dataset(rnd.data, rnd.data.eval_split)
     if not data.has_masks:
-        raise DataError(data.mask_dir, f"CAM evaluation needs ground-truth masks for split {cfg.data.eval_split}")
+        raise DataError(data.mask_dir, f"CAM evaluation needs ground-truth masks for split {rnd.data.eval_split}")
     names = ["background", *data.class_names]
-    thresholds = sorted({*cfg.cam.sweep, cfg.cam.eval_threshold})
+    thresholds = sorted({*cam.sweep, cam.eval_threshold})
     sweep = {thr: ConfusionMatrix(names) for thr in thresholds}
     all_background, tag_fill = ConfusionMatrix(names), ConfusionMatrix(names)
-    confounders = known_confounders(cfg.data.synth, data.class_names) if cfg.data.dataset == "synthetic" else []
+    confounders = known_confounders(rnd.data.synth, data.class_names) if rnd.data.dataset == "synthetic" else []
     probes = [Leakage(c.name, c.source, c.target, c.partner) for c in confounders]
     for image_id in progress(shard(data.ids), desc=f"cam eval r{t}"):
         gt = data.mask(image_id)
@@ -357,11 +370,11 @@ def evaluate(cfg: Config, t: int, log: Log = print) -> dict:
         for probe in probes:
             probe.update(keys.tolist(), cams, gt)
     _sum_over_ranks([*sweep.values(), all_background, tag_fill], probes)
-    scores = sweep[cfg.cam.eval_threshold].scores(IRNET)
+    scores = sweep[cam.eval_threshold].scores(IRNET)
     curve = [{"threshold": thr, "miou": cm.scores(IRNET)["miou"]} for thr, cm in sweep.items()]
     best_point = max(curve, key=lambda p: p["miou"])
     result = {
-        "split": cfg.data.eval_split, "images": len(data), "threshold": cfg.cam.eval_threshold, **scores,
+        "split": rnd.data.eval_split, "images": len(data), "threshold": cam.eval_threshold, **scores,
         "sweep": curve, "best_threshold": best_point["threshold"], "best_miou": best_point["miou"],
         "baselines": {"all_background": all_background.scores(IRNET)["miou"], "tag_fill": tag_fill.scores(IRNET)["miou"]},
         "leakage": {p.name: p.result() for p in probes},
@@ -404,15 +417,15 @@ def _percent(value: float | None) -> str:
 # -- figure ------------------------------------------------------------------------------------
 
 
-def show(cfg: Config, t: int, image_id: str, out_path: Path, log: Log = print) -> Path:
+def show(rnd: RoundContext, image_id: str, out_path: Path, log: Log = print) -> Path:
     """A PNG: the image, its ground truth when there is one, and one CAM overlay per tagged class
     (drawn by rank 0 only under torchrun)."""
     if not is_main():
         return out_path
-    paths = round_paths(cfg, t)
-    data = build_dataset(cfg.data, cfg.data.infer_split)
+    paths = rnd.paths
+    data = build_dataset(rnd.data, rnd.data.infer_split)
     if image_id not in data.ids:
-        raise ContaError(f"cam show: {image_id!r} is not in split {cfg.data.infer_split} (data.infer_split)")
+        raise ContaError(f"cam show: {image_id!r} is not in split {rnd.data.infer_split} (data.infer_split)")
     image = data.image(image_id)
     record = read_cam_map(paths.cam_map(image_id), image.shape[:2])
     keys, cams = record.keys, record.full_res(image.shape[:2])

@@ -15,20 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from conta.artifacts.label_png import label_path, read_label
-from conta.config import Config
 from conta.data.build import build_dataset
 from conta.data.palette import IGNORE_INDEX
 from conta.errors import ContaError
 from conta.io import load_npz, save_npz
 from conta.progress import progress
-from conta.stages.paths import RoundPaths, round_paths
+from conta.stages.round_context import RoundContext
 
 
-def mask_source_dir(cfg: Config, paths: RoundPaths) -> Path:
+def mask_source_dir(rnd: RoundContext) -> Path:
     """Where a round's masks for the confounder set come from (segmentation predictions by default)."""
-    if cfg.conta.confounder_source == "pseudo_mask":
-        return paths.pseudo_mask
-    return paths.seg_pred(cfg.data.infer_split)
+    if rnd.conta.confounder_source == "pseudo_mask":
+        return rnd.paths.pseudo_mask
+    return rnd.paths.seg_pred(rnd.data.infer_split)
 
 
 def area_resize(binary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -77,25 +76,25 @@ def foreground_map(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return area_resize(fg[None], size)[0]
 
 
-def build_confounder_set(cfg: Config, t: int, log: Callable[[str], None] = print) -> Path:
+def build_confounder_set(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
     """Write round_<t>/confounder.npz (C, prior, class names) and the X_m of every training image."""
-    paths = round_paths(cfg, t)
+    paths, t = rnd.paths, rnd.t
     if paths.confounder.is_file():
         log(f"confounder set of round {t} exists: {paths.confounder}")
         return paths.confounder
-    source = mask_source_dir(cfg, paths)
-    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    source = mask_source_dir(rnd)
+    dataset = build_dataset(rnd.data, rnd.data.infer_split)
     missing = [i for i in dataset.ids if not label_path(source, i).is_file()]
     if missing:
         raise ContaError(f"{source}: {len(missing)} masks missing for the confounder set (first: {missing[0]}.png); "
                          "run the segmentation stage's prediction on the training split first")
-    size = tuple(cfg.conta.confounder_size)
+    size = tuple(rnd.conta.confounder_size)
     masks = {i: read_label(label_path(source, i)) for i in progress(dataset.ids, desc="confounder set")}
     tags = {i: dataset.tags(i) for i in dataset.ids}
-    conf, counts = class_average_masks(masks, tags, dataset.n_classes, size, cfg.conta.include_background)
-    prior = make_prior(counts, cfg.conta.prior)
+    conf, counts = class_average_masks(masks, tags, dataset.n_classes, size, rnd.conta.include_background)
+    prior = make_prior(counts, rnd.conta.prior)
     xm = np.stack([foreground_map(masks[i], size) for i in dataset.ids]).astype(np.float16)
-    names = (["background"] if cfg.conta.include_background else []) + dataset.class_names
+    names = (["background"] if rnd.conta.include_background else []) + dataset.class_names
     save_npz(paths.confounder, confounders=conf, prior=prior, counts=counts,
              class_names=np.array(names), ids=np.array(dataset.ids), xm=xm)
     log(f"confounder set of round {t}: {len(names)} entries of {size[0]}x{size[1]} from {source} -> {paths.confounder}")

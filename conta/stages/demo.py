@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from conta.config import Config
 from conta.errors import ContaError
 from conta.io import load_rgb, save_rgb
 from conta.seg_predictor import Predictor, architecture_note
+from conta.stages.round_context import RoundContext
 from conta.stages.seg import default_model_path
 from conta.viz import caption, grid, label_legend, label_overlay
 
@@ -35,12 +35,12 @@ def figure_name(image_path: Path, crf: bool) -> str:
     return f"{Path(image_path).stem}_seg{'_crf' if crf else ''}.png"
 
 
-def single(cfg: Config, t: int, image_path: Path, model_path: Path | None = None, crf: bool = False,
+def single(rnd: RoundContext, image_path: Path, model_path: Path | None = None, crf: bool = False,
            out: Path | None = None, log: Log = print) -> Path:
     """Segment one image (long side resized to seg.test_size) and save the figure; returns its path
     (default: <image name>_seg.png in the current folder, never inside a run someone else made)."""
     image = load_rgb(image_path)
-    predictor = _predictor(cfg, t, model_path, log)
+    predictor = _predictor(rnd, model_path, log)
     labels, _ = predictor.predict(image, resize=True, crf=crf)
     out = Path(out) if out is not None else Path(figure_name(image_path, crf))
     save_rgb(out, figure(image, labels, predictor.class_names))
@@ -48,7 +48,7 @@ def single(cfg: Config, t: int, image_path: Path, model_path: Path | None = None
     return out
 
 
-def live(cfg: Config, t: int, model_path: Path | None = None, camera_id: int = 0, log: Log = print) -> None:
+def live(rnd: RoundContext, model_path: Path | None = None, camera_id: int = 0, log: Log = print) -> None:
     """Webcam loop: 50/50 class overlay, the class under the mouse cursor named, q quits."""
     try:
         import cv2
@@ -57,7 +57,7 @@ def live(cfg: Config, t: int, model_path: Path | None = None, camera_id: int = 0
                          "(or use `conta demo single` on an image)") from None
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise ContaError("the live demo needs a display and none is set ($DISPLAY); use `conta demo single` instead")
-    predictor = _predictor(cfg, t, model_path, log)
+    predictor = _predictor(rnd, model_path, log)
     camera = cv2.VideoCapture(camera_id)
     if not camera.isOpened():
         raise ContaError(f"camera {camera_id} cannot be opened (is one connected? try --camera-id)")
@@ -78,10 +78,10 @@ def live(cfg: Config, t: int, model_path: Path | None = None, camera_id: int = 0
         cv2.destroyAllWindows()
 
 
-def _predictor(cfg: Config, t: int, model_path: Path | None, log: Log) -> Predictor:
-    path = model_path or default_model_path(cfg, t)
-    predictor = Predictor(cfg, path)
-    note = architecture_note(path, predictor.meta, cfg.seg)
+def _predictor(rnd: RoundContext, model_path: Path | None, log: Log) -> Predictor:
+    path = model_path or default_model_path(rnd)
+    predictor = Predictor(rnd.cfg, path)
+    note = architecture_note(path, predictor.meta, rnd.seg)
     if note:
         log(f"demo: {note}")
     return predictor

@@ -16,7 +16,7 @@ import numpy as np
 
 from conta.artifacts.cam_map import read_cam_map, require_cam_maps
 from conta.artifacts.label_png import label_path, read_label, write_label
-from conta.config import Config, IrLabelConfig
+from conta.config import DataConfig, IrLabelConfig
 from conta.data.build import build_dataset
 from conta.data.palette import IGNORE_INDEX
 from conta.data.voc import VOCLayoutDataset
@@ -28,7 +28,8 @@ from conta.eval.metrics import ConfusionMatrix
 from conta.io import load_rgb
 from conta.ops.refiners import SeedRefiner
 from conta.registry import REFINERS
-from conta.stages.paths import round_paths, update_metrics, write_done_marker
+from conta.stages.paths import update_metrics, write_done_marker
+from conta.stages.round_context import RoundContext
 
 
 def threshold_argmax(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -74,21 +75,21 @@ def scored_ids(dataset: VOCLayoutDataset, pred_dir: Path) -> list[str]:
     return [i for i in with_gt if label_path(pred_dir, i).is_file()]
 
 
-def finish_and_find_scored(cfg: Config, folder: Path, n_images: int, name: str,
+def finish_and_find_scored(data: DataConfig, folder: Path, n_images: int, name: str,
                            log: Callable[[str], None]) -> tuple[VOCLayoutDataset, list[str]]:
     """After every rank has written its shard: mark `folder` complete, and return the eval split
     with the ids that have both ground truth and an output (none: said, and nothing to score)."""
     barrier()
     if is_main():
         write_done_marker(folder, {"images": n_images})
-    eval_set = build_dataset(cfg.data, cfg.data.eval_split)
+    eval_set = build_dataset(data, data.eval_split)
     ids = scored_ids(eval_set, folder)
     if not ids:
-        log(f"{name}: no ground truth for split {cfg.data.eval_split}; not scored")
+        log(f"{name}: no ground truth for split {data.eval_split}; not scored")
     return eval_set, ids
 
 
-def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
+def make_ir_labels(rnd: RoundContext, log: Callable[[str], None] = print) -> dict:
     """Write round_<t>/ir_label/<id>.png for every infer-split image (existing files are kept),
     then score the seeds on the eval split; returns the metrics stored under "ir_label".
 
@@ -96,24 +97,24 @@ def make_ir_labels(cfg: Config, t: int, log: Callable[[str], None] = print) -> d
     (ir_label.workers = 0), and the scores are summed over the ranks.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    paths, ir_label = rnd.paths, rnd.ir_label
+    dataset = build_dataset(rnd.data, rnd.data.infer_split)
     todo = pending(dataset.ids, lambda i: paths.seed_label(i).is_file())
-    refiner = cfg.ir_label.refiner
+    refiner = ir_label.refiner
     refine = REFINERS.get(refiner)
     require_cam_maps(paths.cam_maps, todo)
-    workers = cpu_workers(cfg.ir_label.workers)
+    workers = cpu_workers(ir_label.workers)
     log(f"ir labels: {describe_todo(todo, dataset.ids)}, {workers} workers, "
-        + (f"CRF {'on' if cfg.ir_label.crf.enabled else 'off'}" if refiner == "crf" else f"refiner {refiner}"))
-    jobs = [(dataset.image_path(i), paths.cam_map(i), paths.seed_label(i), cfg.ir_label, refine) for i in todo]
+        + (f"CRF {'on' if ir_label.crf.enabled else 'off'}" if refiner == "crf" else f"refiner {refiner}"))
+    jobs = [(dataset.image_path(i), paths.cam_map(i), paths.seed_label(i), ir_label, refine) for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
-    eval_set, ids = finish_and_find_scored(cfg, paths.ir_label, len(dataset), "ir labels", log)
+    eval_set, ids = finish_and_find_scored(rnd.data, paths.ir_label, len(dataset), "ir labels", log)
     if not ids:
         return {}
     metrics = score_seeds(eval_set, ids, paths.ir_label)
     if is_main():
         update_metrics(paths.metrics, "ir_label", metrics)
-    log(f"ir labels [{cfg.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
+    log(f"ir labels [{rnd.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
         f"recall {metrics['recall']:.4f}  coverage {metrics['coverage']:.4f}  ignored {metrics['ignored_fraction']:.4f}")
     return metrics
 

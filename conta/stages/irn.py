@@ -18,7 +18,7 @@ from PIL import Image
 
 from conta.artifacts.label_png import label_path, read_label
 from conta.artifacts.model_file import OLD_IRN, load_weights, read_meta, read_model_file, save_model_file
-from conta.config import Config, IrnConfig
+from conta.config import IrnConfig
 from conta.data.build import build_dataset
 from conta.data.transforms import normalize, random_crop, random_hflip, rescale, to_chw
 from conta.data.voc import VOCLayoutDataset
@@ -35,7 +35,8 @@ from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn
 from conta.ops.path_index import PathIndex
 from conta.progress import progress
 from conta.stages.calibration import calibrate_random_bns
-from conta.stages.paths import read_metrics, round_paths, update_metrics
+from conta.stages.paths import RoundPaths, read_metrics, update_metrics
+from conta.stages.round_context import RoundContext
 from conta.weights.backbone import load_backbone_weights
 
 CALIBRATION_IMAGES = 32  # crops whose statistics replace a random backbone's identity BN statistics
@@ -93,19 +94,19 @@ def build_irn(meta: dict, pretrained: str | None = None, log: Callable[[str], No
     return IRN(net, displacement=meta["displacement"])
 
 
-def load_irn(cfg: Config, t: int, device: torch.device) -> IRN:
-    """The trained IRN of round t, rebuilt from its model.pt alone and loaded strictly, in eval mode on `device`."""
-    path = round_paths(cfg, t).irn_model
+def load_irn(paths: RoundPaths, device: torch.device) -> IRN:
+    """The round's trained IRN, rebuilt from its model.pt alone and loaded strictly, in eval mode on `device`."""
+    path = paths.irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
     weights, meta = read_model_file(path, (IRN_KIND,), "a conta IRN (a model.pt of `conta irn train`)")
     return load_weights(build_irn(meta), weights, path).to(device).eval()
 
 
-def upgrade_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> Path:
+def upgrade_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
     """Rewrite round t's IRN model.pt of the previous layout with the backbone strides and
-    dilations of `cfg` (the config it was trained with), checked by a strict load."""
-    path = round_paths(cfg, t).irn_model
+    dilations of `rnd.irn` (the config it was trained with), checked by a strict load."""
+    path = rnd.paths.irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN to upgrade")
     found = read_meta(path)
@@ -113,7 +114,7 @@ def upgrade_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> Path
         raise DataError(path, "not an IRN model file of the previous layout; nothing to upgrade")
     state = load_checkpoint(path)
     meta = state["meta"]
-    new = {**meta, **irn_meta(cfg.irn), "displacement": meta["displacement"]}
+    new = {**meta, **irn_meta(rnd.irn), "displacement": meta["displacement"]}
     if (new["arch"], new["width"]) != (meta["arch"], meta["width"]):
         raise ConfigError(f"irn.backbone: the file was trained with {meta['arch']} width {meta['width']}, "
                           f"the config has {new['arch']} width {new['width']}; give the config it was trained with")
@@ -146,7 +147,7 @@ def _calibrate(model: IRN, samples: IrnTrainDataset, device: torch.device, log: 
                          why="random initialisation (irn.backbone.pretrained is null)")
 
 
-def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[dict]:
+def train_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> list[dict]:
     """Train round t's IRN on the train-split images that have seed labels; returns the per-epoch
     losses (also stored as metrics.json "irn_train"). Skipped when irn/model.pt exists.
 
@@ -154,38 +155,38 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     the files and all return once model.pt is there.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
+    paths, irn, data_cfg = rnd.paths, rnd.irn, rnd.data
     model_path = paths.irn_model
     if model_path.is_file():
         log(f"irn: {model_path} exists, training skipped")
         return read_metrics(paths.metrics).get("irn_train", [])
-    if cfg.irn.crop_size % PAD_MULTIPLE:
-        raise ConfigError(f"irn.crop_size: must be a multiple of {PAD_MULTIPLE} (the IRN's input stride), got {cfg.irn.crop_size}")
-    dataset = build_dataset(cfg.data, cfg.data.train_split)
+    if irn.crop_size % PAD_MULTIPLE:
+        raise ConfigError(f"irn.crop_size: must be a multiple of {PAD_MULTIPLE} (the IRN's input stride), got {irn.crop_size}")
+    dataset = build_dataset(data_cfg, data_cfg.train_split)
     ids = [i for i in dataset.ids if paths.seed_label(i).is_file()]
     if not ids:
-        raise ContaError(f"{paths.ir_label}: no seed labels for split {cfg.data.train_split}; run `conta ir-label` first")
-    device = resolve_device(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    plan = EpochTraining(cfg.irn.epochs, cfg.irn.batch_size, seed=cfg.run.seed,
-                         num_workers=loader_workers(cfg.data.num_workers, device),
-                         precision=Precision.from_run(cfg.run, device), log_every=cfg.irn.log_every)
+        raise ContaError(f"{paths.ir_label}: no seed labels for split {data_cfg.train_split}; run `conta ir-label` first")
+    device = resolve_device(rnd.run.device)
+    seed_everything(rnd.seed, rnd.run.deterministic)
+    plan = EpochTraining(irn.epochs, irn.batch_size, seed=rnd.seed,
+                         num_workers=loader_workers(data_cfg.num_workers, device),
+                         precision=Precision.from_run(rnd.run, device), log_every=irn.log_every)
     max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
-    train_set = IrnTrainDataset(dataset, ids, paths.ir_label, cfg.irn, cfg.run.seed)
-    meta = irn_meta(cfg.irn)
-    model = build_irn(meta, cfg.irn.backbone.pretrained, log).to(device)
-    if not cfg.irn.backbone.pretrained:
+    train_set = IrnTrainDataset(dataset, ids, paths.ir_label, irn, rnd.seed)
+    meta = irn_meta(irn)
+    model = build_irn(meta, irn.backbone.pretrained, log).to(device)
+    if not irn.backbone.pretrained:
         _calibrate(model, train_set, device, log)
     groups = [{"params": list(model.boundary_head.parameters()), "lr_mult": 1.0}]
     if model.displacement_head is not None:
-        groups.append({"params": list(model.displacement_head.parameters()), "lr_mult": cfg.irn.displacement_lr_mult})
+        groups.append({"params": list(model.displacement_head.parameters()), "lr_mult": irn.displacement_lr_mult})
     optimizer = torch.optim.SGD(
-        groups, lr=cfg.irn.lr, momentum=cfg.irn.momentum, weight_decay=cfg.irn.weight_decay,
+        groups, lr=irn.lr, momentum=irn.momentum, weight_decay=irn.weight_decay,
     )
-    schedule = PolySchedule(optimizer, cfg.irn.lr, max_step, cfg.irn.poly_power)
-    grid = cfg.irn.crop_size // 4
-    index = PathIndex(cfg.irn.radius, (grid, grid))
-    log(f"irn: {len(ids)} images, {max_step} steps, radius {cfg.irn.radius} on the {grid} x {grid} grid "
+    schedule = PolySchedule(optimizer, irn.lr, max_step, irn.poly_power)
+    grid = irn.crop_size // 4
+    index = PathIndex(irn.radius, (grid, grid))
+    log(f"irn: {len(ids)} images, {max_step} steps, radius {irn.radius} on the {grid} x {grid} grid "
         f"({index.n_offsets} offsets x {index.n_src} sources), device {device}")
 
     def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -197,10 +198,10 @@ def train_irn(cfg: Config, t: int, log: Callable[[str], None] = print) -> list[d
     checkpoint = paths.irn_checkpoint
     history = train_epochs(model, optimizer, schedule, train_set, loss_fn, plan, checkpoint, device, "irn", log=log)
     if model.displacement_head is not None:
-        model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, cfg.irn.crop_size))
+        model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, irn.crop_size))
     if is_main():
         save_model_file(model_path, model.state_dict(), {
-            **meta, "radius": cfg.irn.radius, "images": len(ids), "steps": max_step,
+            **meta, "radius": irn.radius, "images": len(ids), "steps": max_step,
             "displacement_mean": model.displacement_mean.tolist(),
         })
         checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent

@@ -17,7 +17,7 @@ import torch
 
 from conta.artifacts.cam_map import CamRecord, cam_map_path, read_cam_map, require_cam_maps
 from conta.artifacts.label_png import label_path, read_label, write_label
-from conta.config import Config, PseudoMaskConfig
+from conta.config import PseudoMaskConfig
 from conta.data.build import build_dataset
 from conta.data.voc import VOCLayoutDataset
 from conta.engine.device import cpu_workers, loader_workers, resolve_device
@@ -33,7 +33,8 @@ from conta.ops.cam_fusion import upsample_cam
 from conta.ops.random_walk import propagate
 from conta.stages.ir_label import finish_and_find_scored, make_ir_labels, threshold_argmax
 from conta.stages.irn import image_tensor, load_irn, train_irn
-from conta.stages.paths import round_paths, update_metrics
+from conta.stages.paths import update_metrics
+from conta.stages.round_context import RoundContext
 
 STEPS = ("ir_label", "irn", "pseudo_mask")
 
@@ -57,9 +58,10 @@ def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMas
 _walker: dict = {}  # what every job of this process shares: set once by _start_walker
 
 
-def _start_walker(cfg: Config, t: int) -> None:
-    device = resolve_device(cfg.run.device)
-    _walker.update(model=load_irn(cfg, t, device), cfg=cfg.pseudo_mask, device=device, crop_size=cfg.irn.crop_size)
+def _start_walker(rnd: RoundContext) -> None:
+    device = resolve_device(rnd.run.device)
+    _walker.update(model=load_irn(rnd.paths, device), cfg=rnd.pseudo_mask, device=device,
+                   crop_size=rnd.irn.crop_size)
 
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
@@ -78,20 +80,20 @@ def _load_for_walk(dataset: VOCLayoutDataset, cam_dir: Path, image_id: str) -> t
     return _walk_inputs(dataset.image_path(image_id), cam_map_path(cam_dir, image_id))
 
 
-def _walk_on_device(cfg: Config, t: int, dataset: VOCLayoutDataset, todo: list[str], device: torch.device) -> None:
+def _walk_on_device(rnd: RoundContext, dataset: VOCLayoutDataset, todo: list[str], device: torch.device) -> None:
     """The accelerator path: inputs read in data.num_workers DataLoader workers, PNGs written in the background."""
-    paths = round_paths(cfg, t)
-    model = load_irn(cfg, t, device)
+    paths = rnd.paths
+    model = load_irn(paths, device)
 
     def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
-        label = pseudo_mask(model, *inputs, cfg.pseudo_mask, device, cfg.irn.crop_size)
+        label = pseudo_mask(model, *inputs, rnd.pseudo_mask, device, rnd.irn.crop_size)
         return partial(write_label, label_path(paths.pseudo_mask, image_id), label)
 
     run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk,
-                  loader_workers(cfg.data.num_workers, device), "pseudo-masks", device)
+                  loader_workers(rnd.data.num_workers, device), "pseudo-masks", device)
 
 
-def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -> dict:
+def make_pseudo_masks(rnd: RoundContext, log: Callable[[str], None] = print) -> dict:
     """Write round_<t>/pseudo_mask/<id>.png for every infer-split image (existing files are kept),
     then score them on the eval split; returns the scores stored under "pseudo_mask".
 
@@ -100,20 +102,20 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     each rank makes the masks of its shard, and the scores are summed over the ranks.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    dataset = build_dataset(cfg.data, cfg.data.infer_split)
+    paths = rnd.paths
+    dataset = build_dataset(rnd.data, rnd.data.infer_split)
     todo = pending(dataset.ids, lambda i: label_path(paths.pseudo_mask, i).is_file())
     require_cam_maps(paths.cam_maps, todo)
-    device = resolve_device(cfg.run.device)
+    device = resolve_device(rnd.run.device)
     if device.type == "cpu":
-        workers = cpu_workers(cfg.pseudo_mask.workers)
+        workers = cpu_workers(rnd.pseudo_mask.workers)
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
         jobs = [(dataset.image_path(i), paths.cam_map(i), label_path(paths.pseudo_mask, i)) for i in todo]
-        run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(cfg, t))
+        run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(rnd,))
     elif todo:
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
-        _walk_on_device(cfg, t, dataset, todo, device)
-    eval_set, ids = finish_and_find_scored(cfg, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
+        _walk_on_device(rnd, dataset, todo, device)
+    eval_set, ids = finish_and_find_scored(rnd.data, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
     if not ids:
         return {}
     scores = score_predictions(eval_set, ids, lambda i: read_label(label_path(paths.pseudo_mask, i)),
@@ -121,7 +123,7 @@ def make_pseudo_masks(cfg: Config, t: int, log: Callable[[str], None] = print) -
     scores["images"] = len(ids)
     if is_main():
         update_metrics(paths.metrics, "pseudo_mask", scores)
-    log(format_table(scores, f"pseudo-masks vs ground truth [{cfg.data.eval_split}, {len(ids)} images]"))
+    log(format_table(scores, f"pseudo-masks vs ground truth [{rnd.data.eval_split}, {len(ids)} images]"))
     return scores
 
 
@@ -134,11 +136,11 @@ def parse_steps(text: str) -> tuple[str, ...]:
     return steps
 
 
-def run_pseudo_mask_stages(cfg: Config, t: int, steps: Sequence[str] = STEPS,
+def run_pseudo_mask_stages(rnd: RoundContext, steps: Sequence[str] = STEPS,
                            log: Callable[[str], None] = print) -> dict:
     """Stages 2-4 in order, each skipping finished work; returns {step: its metrics}."""
     log = main_only(log)
-    paths = round_paths(cfg, t)
+    paths = rnd.paths
     stages = {
         "ir_label": (make_ir_labels, paths.ir_label),
         "irn": (train_irn, paths.irn_model),
@@ -150,7 +152,7 @@ def run_pseudo_mask_stages(cfg: Config, t: int, steps: Sequence[str] = STEPS,
             continue
         run, output = stages[step]
         started = time.perf_counter()
-        results[step] = run(cfg, t, log=log)
+        results[step] = run(rnd, log=log)
         log(f"{step}: done in {time.perf_counter() - started:.1f} s -> {output}")
-    log(f"round {t} metrics: {paths.metrics}")
+    log(f"round {rnd.t} metrics: {paths.metrics}")
     return results

@@ -109,6 +109,7 @@ def write_report(runs: list[Config]) -> Path:
 def cam_overlay_section(runs: list[Config], n_images: int = 2) -> list[str]:
     """CAM overlays of the same training images in every round of every run, side by side."""
     from conta.stages.cam import show
+    from conta.stages.round_context import RoundContext
 
     main = runs[0]
     first_maps = round_paths(main, 0).cam_maps
@@ -120,7 +121,7 @@ def cam_overlay_section(runs: list[Config], n_images: int = 2) -> list[str]:
                 if not round_paths(cfg, t).cam_map(image_id).is_file():
                     continue
                 out = main.run_dir / "figures" / f"cam_{cfg.conta.mode}_round{t}_{image_id}.png"
-                show(cfg, t, image_id, out, log=lambda _: None)
+                show(RoundContext.of(cfg, t), image_id, out, log=lambda _: None)
                 lines.append(f"{cfg.conta.mode}, round {t}, `{image_id}`: ![cam]({out.relative_to(main.run_dir)})\n")
     return lines
 

@@ -14,12 +14,12 @@ report) are written by rank 0 while the others wait.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +32,10 @@ from conta.io import atomic_path
 from conta.models.intervention import ConfounderAttention
 from conta.stages.confounder import ConfounderSet, build_confounder_set
 from conta.stages.paths import round_paths, write_run_config
+from conta.stages.round_context import RoundContext
+
+if TYPE_CHECKING:
+    from conta.stages.cam import Intervention
 
 CONTROL_MODES = {None: "conta", "baseline": "baseline", "mask": "mask"}
 
@@ -43,23 +47,20 @@ def control_config(cfg: Config, control: str | None) -> Config:
     return replace(cfg, [f"conta.mode={CONTROL_MODES[control]}", f"run.name={cfg.run.name}-{control}"])
 
 
-def round_config(cfg: Config, t: int) -> Config:
-    """Round t trains with seed run.seed + t when conta.vary_seed (each round is a new training run)."""
-    if not cfg.conta.vary_seed or t == 0:
-        return cfg
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + t))
+def context_for_round(rnd: RoundContext) -> Intervention | None:
+    """What round t's classifier adds (None in round 0 and the baseline control): the previous
+    round's X_m per image, entering at conta.inject_at, through the confounder attention (mode
+    "conta") or as M itself (the "mask" control)."""
+    from conta.stages.cam import Intervention
 
-
-def context_for_round(cfg: Config, t: int) -> tuple[Callable | None, torch.nn.Module | None]:
-    """(provider of X_m per image, module turning X_m into M) for round t's classifier."""
-    if t == 0 or cfg.conta.mode == "baseline":
-        return None, None
-    confounders = ConfounderSet(round_paths(cfg, t - 1).confounder)
-    if cfg.conta.mode == "mask":
-        return confounders.mask_input, None
+    if rnd.t == 0 or rnd.conta.mode == "baseline":
+        return None
+    confounders = ConfounderSet(round_paths(rnd.cfg, rnd.t - 1).confounder)
+    if rnd.conta.mode == "mask":
+        return Intervention(confounders.mask_input, rnd.conta.inject_at)
     module = ConfounderAttention(torch.from_numpy(confounders.confounders), torch.from_numpy(confounders.prior),
-                                 unit_prior=cfg.conta.unit_prior)
-    return confounders.mask_input, module
+                                 unit_prior=rnd.conta.unit_prior)
+    return Intervention(confounders.mask_input, rnd.conta.inject_at, module)
 
 
 def run_round(cfg: Config, t: int, log: Callable[[str], None] = print) -> None:
@@ -67,22 +68,22 @@ def run_round(cfg: Config, t: int, log: Callable[[str], None] = print) -> None:
     from conta.stages.pseudo_mask import run_pseudo_mask_stages
 
     log = main_only(log)
-    rcfg = round_config(cfg, t)
+    rnd = RoundContext.of(cfg, t)
     log(f"== {cfg.run.name}: round {t} ({'baseline' if t == 0 else cfg.conta.mode}) ==")
-    provider, module = context_for_round(rcfg, t)
-    cam.train(rcfg, t, context_provider=provider, context_module=module, log=log)
-    cam.infer(rcfg, t, context_provider=provider, context_module=module, log=log)
-    cam.evaluate(rcfg, t, log=log)
-    run_pseudo_mask_stages(rcfg, t, log=log)
-    seg.train(rcfg, t, log=log)
+    intervention = context_for_round(rnd)
+    cam.train(rnd, intervention, log=log)
+    cam.infer(rnd, intervention, log=log)
+    cam.evaluate(rnd, log=log)
+    run_pseudo_mask_stages(rnd, log=log)
+    seg.train(rnd, log=log)
     for split in cfg.data.val_splits:
-        seg.test(rcfg, t, split, keep_logits=cfg.seg.crf.enabled, log=log)
+        seg.test(rnd, split, keep_logits=cfg.seg.crf.enabled, log=log)
         if cfg.seg.crf.enabled:
-            seg.crf(rcfg, t, split, log=log)
+            seg.crf(rnd, split, log=log)
     if t < cfg.conta.rounds:
-        seg.test(rcfg, t, cfg.data.infer_split, log=log)
+        seg.test(rnd, cfg.data.infer_split, log=log)
         if is_main():
-            build_confounder_set(rcfg, t, log=log)
+            build_confounder_set(rnd, log=log)
         barrier()
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conta.artifacts.label_png import label_path, read_label, write_label
 from conta.artifacts.model_file import read_meta
-from conta.config import Config, CrfConfig, SegConfig
+from conta.config import CrfConfig, SegConfig
 from conta.data.build import build_dataset, ensure_dataset
 from conta.data.palette import IGNORE_INDEX, colorize
 from conta.data.transforms import (denormalize, normalize, random_crop, random_hflip, resize, resize_linear,
@@ -56,8 +56,9 @@ from conta.models.deeplab import MSC, deeplab_param_groups
 from conta.seg_predictor import (architecture_note, build_seg_model, load_seg_model, logits_to_probs,
                                  model_meta, predict_logits, save_seg_model, trains_bn)
 from conta.stages.calibration import calibrate_random_bns
-from conta.stages.paths import RoundPaths, round_paths, update_metrics
+from conta.stages.paths import RoundPaths, update_metrics
 from conta.stages.provenance import claim, made_by, model_identity
+from conta.stages.round_context import RoundContext
 from conta.weights.backbone import load_backbone_weights
 from conta.weights.convert import LOADABLE, load_converted
 
@@ -104,9 +105,9 @@ def augment(image: np.ndarray, label: np.ndarray, seg: SegConfig,
     return random_hflip(image, label, rng)
 
 
-def label_dir_for(cfg: Config, t: int, dataset: VOCLayoutDataset) -> Path:
+def label_dir_for(rnd: RoundContext, dataset: VOCLayoutDataset) -> Path:
     """seg.label_source: the round's pseudo-masks, or the dataset's ground truth (read only)."""
-    return dataset.mask_dir if cfg.seg.label_source == "gt" else round_paths(cfg, t).pseudo_mask
+    return dataset.mask_dir if rnd.seg.label_source == "gt" else rnd.paths.pseudo_mask
 
 
 # -- loss and initialisation -----------------------------------------------------------------
@@ -182,29 +183,29 @@ def _stride_in_1x1(seg: SegConfig, meta: dict | None) -> bool:
 # -- training --------------------------------------------------------------------------------
 
 
-def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) -> Path:
+def train(rnd: RoundContext, label_dir: Path | None = None, log: Log = print) -> Path:
     """Train the round's DeepLab; returns round_<t>/seg/model.pt (skips when it exists, resumes from checkpoint.pt)."""
     from conta.engine.tensorboard import TensorBoard  # here: inference and CRF workers need no TensorBoard
 
     log = main_only(log)
-    seg, paths = cfg.seg, round_paths(cfg, t)
+    seg, paths, t = rnd.seg, rnd.paths, rnd.t
     model_path = paths.seg_model
     if model_path.is_file():
         log(f"seg train: {model_path} exists; skipping")
         return model_path
-    ensure_dataset(cfg.data, log=log)
-    dataset = build_dataset(cfg.data, cfg.data.train_split)
-    label_dir = Path(label_dir) if label_dir is not None else label_dir_for(cfg, t, dataset)
+    ensure_dataset(rnd.data, log=log)
+    dataset = build_dataset(rnd.data, rnd.data.train_split)
+    label_dir = Path(label_dir) if label_dir is not None else label_dir_for(rnd, dataset)
     ids = [i for i in dataset.ids if label_path(label_dir, i).is_file()]
     if not ids:
-        raise ContaError(f"seg train: no labels for split {cfg.data.train_split} in {label_dir} "
+        raise ContaError(f"seg train: no labels for split {rnd.data.train_split} in {label_dir} "
                          f"(seg.label_source={seg.label_source}; run the pseudo-mask stage first or use gt)")
-    log(f"seg train: round {t}, {len(ids)} of {len(dataset)} {cfg.data.train_split} images, labels from {label_dir}")
+    log(f"seg train: round {t}, {len(ids)} of {len(dataset)} {rnd.data.train_split} images, labels from {label_dir}")
 
-    device = resolve_device(cfg.run.device)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    device = resolve_device(rnd.run.device)
+    seed_everything(rnd.seed, rnd.run.deterministic)
     per_iteration = seg.batch_size * seg.iter_size
-    stream = SegTrainStream(dataset, ids, label_dir, seg, cfg.run.seed)
+    stream = SegTrainStream(dataset, ids, label_dir, seg, rnd.seed)
     source_meta = pretrained_meta(seg.pretrained)
     meta = model_meta(seg, ["background", *dataset.class_names], _stride_in_1x1(seg, source_meta))
     model = build_seg_model(meta)
@@ -216,7 +217,7 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops, log)}")
     micro, steps = micro_batches(local_batch(per_iteration, "seg.batch_size x seg.iter_size"), seg.batch_size)
     synced = synchronise_bn(model, meta, seg, micro, device)
-    precision = Precision.from_run(cfg.run, device)
+    precision = Precision.from_run(rnd.run, device)
     model.to(device).train()
     optimizer, schedule = build_optimizer(model, seg)
     if world_size() > 1:
@@ -245,9 +246,9 @@ def train(cfg: Config, t: int, label_dir: Path | None = None, log: Log = print) 
         # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
         # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
         # uninterrupted one
-        return iter(DataLoader(stream, batch_size=micro, num_workers=loader_workers(cfg.data.num_workers, device),
+        return iter(DataLoader(stream, batch_size=micro, num_workers=loader_workers(rnd.data.num_workers, device),
                                sampler=sampler, pin_memory=device.type == "cuda",
-                               generator=torch.Generator().manual_seed(cfg.run.seed)))
+                               generator=torch.Generator().manual_seed(rnd.seed)))
 
     trainer.train(batches)
     if is_main():
@@ -323,8 +324,8 @@ def training_panel(image: torch.Tensor, logits: torch.Tensor, label: torch.Tenso
 # -- inference -------------------------------------------------------------------------------
 
 
-def default_model_path(cfg: Config, t: int) -> Path:
-    return round_paths(cfg, t).seg_model
+def default_model_path(rnd: RoundContext) -> Path:
+    return rnd.paths.seg_model
 
 
 def save_logits(path: Path, logits: torch.Tensor, size: tuple[int, int]) -> None:
@@ -344,9 +345,9 @@ class ModelOutputs:
     never reported as this one's. A missing model file is an error even when no work is left.
     """
 
-    def __init__(self, cfg: Config, t: int, model_path: Path | None, dataset: VOCLayoutDataset, log: Log) -> None:
-        self.cfg, self.dataset, self.log = cfg, dataset, log
-        self.path = Path(model_path) if model_path is not None else default_model_path(cfg, t)
+    def __init__(self, rnd: RoundContext, model_path: Path | None, dataset: VOCLayoutDataset, log: Log) -> None:
+        self.rnd, self.dataset, self.log = rnd, dataset, log
+        self.path = Path(model_path) if model_path is not None else default_model_path(rnd)
         self.identity = model_identity(self.path)
         self._loaded: Segmenter | None = None
 
@@ -362,26 +363,26 @@ class ModelOutputs:
 
     def load(self) -> Segmenter:
         if self._loaded is None:
-            model, meta = load_seg_model(self.path, resolve_device(self.cfg.run.device))
+            model, meta = load_seg_model(self.path, resolve_device(self.rnd.run.device))
             if meta["n_classes"] != self.dataset.n_classes + 1:
                 raise ContaError(f"{self.path}: a model of {meta['n_classes']} classes cannot label a dataset "
                                  f"of {self.dataset.n_classes + 1} (background included)")
-            note = architecture_note(self.path, meta, self.cfg.seg)
+            note = architecture_note(self.path, meta, self.rnd.seg)
             if note:
                 self.log(f"seg: {note}")
             self._loaded = model, meta
         return self._loaded
 
 
-def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], segmenter: Segmenter,
+def write_predictions(rnd: RoundContext, dataset: VOCLayoutDataset, ids: list[str], segmenter: Segmenter,
                       pred_dir: Path, logit_dir: Path | None, desc: str) -> None:
     """Whole-image MSC inference for `ids`: palette PNGs into `pred_dir`, logits into `logit_dir` if given.
 
     Images are decoded in data.num_workers DataLoader workers; upsampling, argmax and writing run
     on the background writer thread, so the device only runs the network.
     """
-    device = resolve_device(cfg.run.device)
-    precision = Precision.from_run(cfg.run, device)
+    device = resolve_device(rnd.run.device)
+    precision = Precision.from_run(rnd.run, device)
     model, meta = segmenter
     precision.model(model)
 
@@ -397,10 +398,10 @@ def write_predictions(cfg: Config, dataset: VOCLayoutDataset, ids: list[str], se
 
         return write
 
-    run_inference(ids, dataset.image, infer_one, loader_workers(cfg.data.num_workers, device), desc, device)
+    run_inference(ids, dataset.image, infer_one, loader_workers(rnd.data.num_workers, device), desc, device)
 
 
-def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_logits: bool = False,
+def test(rnd: RoundContext, split: str, model_path: Path | None = None, keep_logits: bool = False,
          log: Log = print) -> dict:
     """Predict every image of `split`; score them when the split has masks (metrics `seg_<split>`).
 
@@ -410,22 +411,22 @@ def test(cfg: Config, t: int, split: str, model_path: Path | None = None, keep_l
     and the confusion counts are summed over the ranks.
     """
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    ensure_dataset(cfg.data, log=log)
-    dataset = build_dataset(cfg.data, split)
-    outputs = ModelOutputs(cfg, t, model_path, dataset, log)
+    paths = rnd.paths
+    ensure_dataset(rnd.data, log=log)
+    dataset = build_dataset(rnd.data, split)
+    outputs = ModelOutputs(rnd, model_path, dataset, log)
     pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
     outputs.claim(pred_dir, *([logit_dir] if keep_logits else []))
     todo = pending(dataset.ids, lambda i: label_path(pred_dir, i).is_file()
                    and (not keep_logits or (logit_dir / f"{i}.npz").is_file()))
     if todo:
-        write_predictions(cfg, dataset, todo, outputs.load(), pred_dir, logit_dir if keep_logits else None,
+        write_predictions(rnd, dataset, todo, outputs.load(), pred_dir, logit_dir if keep_logits else None,
                           f"seg test {split}")
     barrier()
     return _score(paths, dataset, pred_dir, f"seg_{split}", log)
 
 
-def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers: int | None = None,
+def crf(rnd: RoundContext, split: str, model_path: Path | None = None, workers: int | None = None,
         log: Log = print) -> dict:
     """Dense-CRF post-processing of the kept logits (computed first where missing), on the raw
     images, in `workers` processes (default: this node's CPU cores shared among its ranks);
@@ -435,17 +436,17 @@ def crf(cfg: Config, t: int, split: str, model_path: Path | None = None, workers
     if not crf_available():
         raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]" (or run without it: seg.crf.enabled=false)')
     log = main_only(log)
-    paths = round_paths(cfg, t)
-    ensure_dataset(cfg.data, log=log)
-    dataset = build_dataset(cfg.data, split)
-    outputs = ModelOutputs(cfg, t, model_path, dataset, log)
+    paths = rnd.paths
+    ensure_dataset(rnd.data, log=log)
+    dataset = build_dataset(rnd.data, split)
+    outputs = ModelOutputs(rnd, model_path, dataset, log)
     logit_dir, out_dir = paths.seg_logits(split), paths.seg_pred(f"{split}_crf")
     outputs.claim(logit_dir, paths.seg_pred(split), out_dir)
     missing = pending(dataset.ids, lambda i: (logit_dir / f"{i}.npz").is_file())
     if missing:
-        write_predictions(cfg, dataset, missing, outputs.load(), paths.seg_pred(split), logit_dir,
+        write_predictions(rnd, dataset, missing, outputs.load(), paths.seg_pred(split), logit_dir,
                           f"seg logits {split}")
-    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", label_path(out_dir, i), cfg.seg.crf)
+    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", label_path(out_dir, i), rnd.seg.crf)
             for i in pending(dataset.ids, lambda i: label_path(out_dir, i).is_file())]
     run_parallel(_crf_job, jobs, cpu_workers(workers), f"seg crf {split}")
     barrier()
