@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conta.artifacts.cam_map import CamRecord, read_cam_map
 from conta.cli import main
 from conta.config import Config, IrLabelConfig, PseudoMaskConfig, load_config
 from conta.data.build import build_dataset
@@ -18,7 +19,6 @@ from conta.errors import ContaError, DataError
 from conta.io import load_label_png, save_npz
 from conta.ops.crf import crf_available
 from conta.stages import pseudo_mask as pm
-from conta.artifacts.cam_map import CamRecord, read_cam_map
 from conta.stages.ir_label import seed_label
 from conta.stages.irn import IrnTrainDataset, train_irn
 from conta.stages.paths import read_metrics, round_paths
