@@ -20,7 +20,7 @@ def test_round_context_adjusts_the_seed_once_and_names_the_round(tmp_path: Path)
     assert RoundContext.of(cfg, 0).seed == 5 and RoundContext.of(cfg, 2).seed == 7  # conta.vary_seed
     assert RoundContext.of(load_config(None, ["run.seed=5", "conta.vary_seed=false"]), 2).seed == 5
     rnd = RoundContext.of(cfg, 2)
-    assert rnd.cam is rnd.cfg.cam and rnd.run.seed == 7 and cfg.run.seed == 5  # the run's config is untouched
+    assert rnd.cfg.cam is cfg.cam and rnd.cfg.run.seed == 7 and cfg.run.seed == 5  # the run's config is untouched
     assert rnd.paths.root == tmp_path / "r" / "round_2"
 
 

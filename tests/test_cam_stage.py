@@ -196,4 +196,4 @@ def test_context_input_trains_saves_and_is_required(tmp_path: Path, data_root: P
     with pytest.raises(ContaError, match="context module"):
         cam.infer(rnd, cam.Intervention(provider, "stage3"), log=quiet)
     cam.infer(rnd, cam.Intervention(provider, "stage3", nn.Conv2d(1, 1, 1)), log=quiet)
-    assert len(list(rnd.paths.cam_maps.glob("*.npz"))) == len(build_dataset(rnd.data, "train"))
+    assert len(list(rnd.paths.cam_maps.glob("*.npz"))) == len(build_dataset(rnd.cfg.data, "train"))

@@ -207,7 +207,7 @@ def train(rnd: RoundContext, intervention: Intervention | None = None, log: Log 
     writes the files, and all return once model.pt is there.
     """
     log = main_only(log)
-    paths, cam, data_cfg, run = rnd.paths, rnd.cam, rnd.data, rnd.run
+    paths, cam, data_cfg, run = rnd.paths, rnd.cfg.cam, rnd.cfg.data, rnd.cfg.run
     model_path = paths.cam_model
     if model_path.is_file():
         log(f"cam train: {model_path} exists; skipping")
@@ -297,9 +297,9 @@ def infer(rnd: RoundContext, intervention: Intervention | None = None, log: Log 
     """
     log = main_only(log)
     paths = rnd.paths
-    data = build_dataset(rnd.data, rnd.data.infer_split)
+    data = build_dataset(rnd.cfg.data, rnd.cfg.data.infer_split)
     todo = pending(data.ids, lambda i: paths.cam_map(i).is_file())
-    log(f"cam infer: {describe_todo(todo, data.ids)} ({rnd.data.infer_split} maps in {paths.cam_maps})")
+    log(f"cam infer: {describe_todo(todo, data.ids)} ({rnd.cfg.data.infer_split} maps in {paths.cam_maps})")
     if todo:
         data.tag_matrix()  # a bad tag source (or mask) fails before the model is loaded
         _write_maps(rnd, data, todo, intervention, log)
@@ -310,8 +310,8 @@ def infer(rnd: RoundContext, intervention: Intervention | None = None, log: Log 
 def _write_maps(rnd: RoundContext, data: VOCLayoutDataset, todo: list[str], intervention: Intervention | None,
                 log: Log) -> None:
     paths = rnd.paths
-    device = resolve_device(rnd.run.device)
-    precision = Precision.from_run(rnd.run, device)
+    device = resolve_device(rnd.cfg.run.device)
+    precision = Precision.from_run(rnd.cfg.run, device)
     context_provider = intervention.provider if intervention is not None else None
     context_module = intervention.module if intervention is not None else None
     model = precision.model(load_cam_net(paths.cam_model, context_module).to(device).eval())
@@ -322,11 +322,11 @@ def _write_maps(rnd: RoundContext, data: VOCLayoutDataset, todo: list[str], inte
 
     def infer_one(image_id: str, inputs: CamInput) -> WriteJob:
         images, size, keys, context = inputs
-        record = cam_record(model, images, size, keys, rnd.cam, device, context, precision)
+        record = cam_record(model, images, size, keys, rnd.cfg.cam, device, context, precision)
         return lambda: write_cam_map(paths.cam_map(image_id), record)
 
-    seconds = run_inference(todo, CamInputs(data, rnd.cam.scales, context_provider), infer_one,
-                            loader_workers(rnd.data.num_workers, device), f"cam maps r{rnd.t}", device)
+    seconds = run_inference(todo, CamInputs(data, rnd.cfg.cam.scales, context_provider), infer_one,
+                            loader_workers(rnd.cfg.data.num_workers, device), f"cam maps r{rnd.t}", device)
     log(f"cam infer: {len(todo)} maps in {seconds:.1f} s ({rate(len(todo), seconds)}"
         f"{' on this process' if world_size() > 1 else ''}) -> {paths.cam_maps}")
 
@@ -346,15 +346,15 @@ def evaluate(rnd: RoundContext, log: Log = print) -> dict:
     sums are added over ranks before any score is computed.
     """
     log = main_only(log)
-    paths, cam, t = rnd.paths, rnd.cam, rnd.t
-    data = build_dataset(rnd.data, rnd.data.eval_split)
+    paths, cam, t = rnd.paths, rnd.cfg.cam, rnd.t
+    data = build_dataset(rnd.cfg.data, rnd.cfg.data.eval_split)
     if not data.has_masks:
-        raise DataError(data.mask_dir, f"CAM evaluation needs ground-truth masks for split {rnd.data.eval_split}")
+        raise DataError(data.mask_dir, f"CAM evaluation needs ground-truth masks for split {rnd.cfg.data.eval_split}")
     names = ["background", *data.class_names]
     thresholds = sorted({*cam.sweep, cam.eval_threshold})
     sweep = {thr: ConfusionMatrix(names) for thr in thresholds}
     all_background, tag_fill = ConfusionMatrix(names), ConfusionMatrix(names)
-    confounders = known_confounders(rnd.data.synth, data.class_names) if rnd.data.dataset == "synthetic" else []
+    confounders = known_confounders(rnd.cfg.data.synth, data.class_names) if rnd.cfg.data.dataset == "synthetic" else []
     probes = [Leakage(c.name, c.source, c.target, c.partner) for c in confounders]
     for image_id in progress(shard(data.ids), desc=f"cam eval r{t}"):
         gt = data.mask(image_id)
@@ -374,7 +374,7 @@ def evaluate(rnd: RoundContext, log: Log = print) -> dict:
     curve = [{"threshold": thr, "miou": cm.scores(IRNET)["miou"]} for thr, cm in sweep.items()]
     best_point = max(curve, key=lambda p: p["miou"])
     result = {
-        "split": rnd.data.eval_split, "images": len(data), "threshold": cam.eval_threshold, **scores,
+        "split": rnd.cfg.data.eval_split, "images": len(data), "threshold": cam.eval_threshold, **scores,
         "sweep": curve, "best_threshold": best_point["threshold"], "best_miou": best_point["miou"],
         "baselines": {"all_background": all_background.scores(IRNET)["miou"], "tag_fill": tag_fill.scores(IRNET)["miou"]},
         "leakage": {p.name: p.result() for p in probes},
@@ -423,9 +423,9 @@ def show(rnd: RoundContext, image_id: str, out_path: Path, log: Log = print) -> 
     if not is_main():
         return out_path
     paths = rnd.paths
-    data = build_dataset(rnd.data, rnd.data.infer_split)
+    data = build_dataset(rnd.cfg.data, rnd.cfg.data.infer_split)
     if image_id not in data.ids:
-        raise ContaError(f"cam show: {image_id!r} is not in split {rnd.data.infer_split} (data.infer_split)")
+        raise ContaError(f"cam show: {image_id!r} is not in split {rnd.cfg.data.infer_split} (data.infer_split)")
     image = data.image(image_id)
     record = read_cam_map(paths.cam_map(image_id), image.shape[:2])
     keys, cams = record.keys, record.full_res(image.shape[:2])

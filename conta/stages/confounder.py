@@ -25,9 +25,9 @@ from conta.stages.round_context import RoundContext
 
 def mask_source_dir(rnd: RoundContext) -> Path:
     """Where a round's masks for the confounder set come from (segmentation predictions by default)."""
-    if rnd.conta.confounder_source == "pseudo_mask":
+    if rnd.cfg.conta.confounder_source == "pseudo_mask":
         return rnd.paths.pseudo_mask
-    return rnd.paths.seg_pred(rnd.data.infer_split)
+    return rnd.paths.seg_pred(rnd.cfg.data.infer_split)
 
 
 def area_resize(binary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -83,18 +83,18 @@ def build_confounder_set(rnd: RoundContext, log: Callable[[str], None] = print) 
         log(f"confounder set of round {t} exists: {paths.confounder}")
         return paths.confounder
     source = mask_source_dir(rnd)
-    dataset = build_dataset(rnd.data, rnd.data.infer_split)
+    dataset = build_dataset(rnd.cfg.data, rnd.cfg.data.infer_split)
     missing = [i for i in dataset.ids if not label_path(source, i).is_file()]
     if missing:
         raise ContaError(f"{source}: {len(missing)} masks missing for the confounder set (first: {missing[0]}.png); "
                          "run the segmentation stage's prediction on the training split first")
-    size = tuple(rnd.conta.confounder_size)
+    size = tuple(rnd.cfg.conta.confounder_size)
     masks = {i: read_label(label_path(source, i)) for i in progress(dataset.ids, desc="confounder set")}
     tags = {i: dataset.tags(i) for i in dataset.ids}
-    conf, counts = class_average_masks(masks, tags, dataset.n_classes, size, rnd.conta.include_background)
-    prior = make_prior(counts, rnd.conta.prior)
+    conf, counts = class_average_masks(masks, tags, dataset.n_classes, size, rnd.cfg.conta.include_background)
+    prior = make_prior(counts, rnd.cfg.conta.prior)
     xm = np.stack([foreground_map(masks[i], size) for i in dataset.ids]).astype(np.float16)
-    names = (["background"] if rnd.conta.include_background else []) + dataset.class_names
+    names = (["background"] if rnd.cfg.conta.include_background else []) + dataset.class_names
     save_npz(paths.confounder, confounders=conf, prior=prior, counts=counts,
              class_names=np.array(names), ids=np.array(dataset.ids), xm=xm)
     log(f"confounder set of round {t}: {len(names)} entries of {size[0]}x{size[1]} from {source} -> {paths.confounder}")

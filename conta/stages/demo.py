@@ -81,7 +81,7 @@ def live(rnd: RoundContext, model_path: Path | None = None, camera_id: int = 0, 
 def _predictor(rnd: RoundContext, model_path: Path | None, log: Log) -> Predictor:
     path = model_path or default_model_path(rnd)
     predictor = Predictor(rnd.cfg, path)
-    note = architecture_note(path, predictor.meta, rnd.seg)
+    note = architecture_note(path, predictor.meta, rnd.cfg.seg)
     if note:
         log(f"demo: {note}")
     return predictor

@@ -97,8 +97,8 @@ def make_ir_labels(rnd: RoundContext, log: Callable[[str], None] = print) -> dic
     (ir_label.workers = 0), and the scores are summed over the ranks.
     """
     log = main_only(log)
-    paths, ir_label = rnd.paths, rnd.ir_label
-    dataset = build_dataset(rnd.data, rnd.data.infer_split)
+    paths, ir_label = rnd.paths, rnd.cfg.ir_label
+    dataset = build_dataset(rnd.cfg.data, rnd.cfg.data.infer_split)
     todo = pending(dataset.ids, lambda i: paths.seed_label(i).is_file())
     refiner = ir_label.refiner
     refine = REFINERS.get(refiner)
@@ -108,13 +108,13 @@ def make_ir_labels(rnd: RoundContext, log: Callable[[str], None] = print) -> dic
         + (f"CRF {'on' if ir_label.crf.enabled else 'off'}" if refiner == "crf" else f"refiner {refiner}"))
     jobs = [(dataset.image_path(i), paths.cam_map(i), paths.seed_label(i), ir_label, refine) for i in todo]
     run_parallel(_seed_one, jobs, workers, "ir labels")
-    eval_set, ids = finish_and_find_scored(rnd.data, paths.ir_label, len(dataset), "ir labels", log)
+    eval_set, ids = finish_and_find_scored(rnd.cfg.data, paths.ir_label, len(dataset), "ir labels", log)
     if not ids:
         return {}
     metrics = score_seeds(eval_set, ids, paths.ir_label)
     if is_main():
         update_metrics(paths.metrics, "ir_label", metrics)
-    log(f"ir labels [{rnd.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
+    log(f"ir labels [{rnd.cfg.data.eval_split}, {len(ids)} images]: precision {metrics['precision']:.4f}  "
         f"recall {metrics['recall']:.4f}  coverage {metrics['coverage']:.4f}  ignored {metrics['ignored_fraction']:.4f}")
     return metrics
 

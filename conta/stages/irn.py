@@ -105,7 +105,7 @@ def load_irn(paths: RoundPaths, device: torch.device) -> IRN:
 
 def upgrade_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
     """Rewrite round t's IRN model.pt of the previous layout with the backbone strides and
-    dilations of `rnd.irn` (the config it was trained with), checked by a strict load."""
+    dilations of `rnd.cfg.irn` (the config it was trained with), checked by a strict load."""
     path = rnd.paths.irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN to upgrade")
@@ -114,7 +114,7 @@ def upgrade_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
         raise DataError(path, "not an IRN model file of the previous layout; nothing to upgrade")
     state = load_checkpoint(path)
     meta = state["meta"]
-    new = {**meta, **irn_meta(rnd.irn), "displacement": meta["displacement"]}
+    new = {**meta, **irn_meta(rnd.cfg.irn), "displacement": meta["displacement"]}
     if (new["arch"], new["width"]) != (meta["arch"], meta["width"]):
         raise ConfigError(f"irn.backbone: the file was trained with {meta['arch']} width {meta['width']}, "
                           f"the config has {new['arch']} width {new['width']}; give the config it was trained with")
@@ -155,7 +155,7 @@ def train_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> list[dic
     the files and all return once model.pt is there.
     """
     log = main_only(log)
-    paths, irn, data_cfg = rnd.paths, rnd.irn, rnd.data
+    paths, irn, data_cfg = rnd.paths, rnd.cfg.irn, rnd.cfg.data
     model_path = paths.irn_model
     if model_path.is_file():
         log(f"irn: {model_path} exists, training skipped")
@@ -166,11 +166,11 @@ def train_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> list[dic
     ids = [i for i in dataset.ids if paths.seed_label(i).is_file()]
     if not ids:
         raise ContaError(f"{paths.ir_label}: no seed labels for split {data_cfg.train_split}; run `conta ir-label` first")
-    device = resolve_device(rnd.run.device)
-    seed_everything(rnd.seed, rnd.run.deterministic)
+    device = resolve_device(rnd.cfg.run.device)
+    seed_everything(rnd.seed, rnd.cfg.run.deterministic)
     plan = EpochTraining(irn.epochs, irn.batch_size, seed=rnd.seed,
                          num_workers=loader_workers(data_cfg.num_workers, device),
-                         precision=Precision.from_run(rnd.run, device), log_every=irn.log_every)
+                         precision=Precision.from_run(rnd.cfg.run, device), log_every=irn.log_every)
     max_step = steps_per_epoch(len(ids), plan.batch_size, plan.drop_last, "irn.batch_size") * plan.epochs  # before any slow step
     train_set = IrnTrainDataset(dataset, ids, paths.ir_label, irn, rnd.seed)
     meta = irn_meta(irn)

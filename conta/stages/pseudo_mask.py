@@ -59,9 +59,9 @@ _walker: dict = {}  # what every job of this process shares: set once by _start_
 
 
 def _start_walker(rnd: RoundContext) -> None:
-    device = resolve_device(rnd.run.device)
-    _walker.update(model=load_irn(rnd.paths, device), cfg=rnd.pseudo_mask, device=device,
-                   crop_size=rnd.irn.crop_size)
+    device = resolve_device(rnd.cfg.run.device)
+    _walker.update(model=load_irn(rnd.paths, device), cfg=rnd.cfg.pseudo_mask, device=device,
+                   crop_size=rnd.cfg.irn.crop_size)
 
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
@@ -86,11 +86,11 @@ def _walk_on_device(rnd: RoundContext, dataset: VOCLayoutDataset, todo: list[str
     model = load_irn(paths, device)
 
     def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
-        label = pseudo_mask(model, *inputs, rnd.pseudo_mask, device, rnd.irn.crop_size)
+        label = pseudo_mask(model, *inputs, rnd.cfg.pseudo_mask, device, rnd.cfg.irn.crop_size)
         return partial(write_label, label_path(paths.pseudo_mask, image_id), label)
 
     run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk,
-                  loader_workers(rnd.data.num_workers, device), "pseudo-masks", device)
+                  loader_workers(rnd.cfg.data.num_workers, device), "pseudo-masks", device)
 
 
 def make_pseudo_masks(rnd: RoundContext, log: Callable[[str], None] = print) -> dict:
@@ -103,19 +103,19 @@ def make_pseudo_masks(rnd: RoundContext, log: Callable[[str], None] = print) -> 
     """
     log = main_only(log)
     paths = rnd.paths
-    dataset = build_dataset(rnd.data, rnd.data.infer_split)
+    dataset = build_dataset(rnd.cfg.data, rnd.cfg.data.infer_split)
     todo = pending(dataset.ids, lambda i: label_path(paths.pseudo_mask, i).is_file())
     require_cam_maps(paths.cam_maps, todo)
-    device = resolve_device(rnd.run.device)
+    device = resolve_device(rnd.cfg.run.device)
     if device.type == "cpu":
-        workers = cpu_workers(rnd.pseudo_mask.workers)
+        workers = cpu_workers(rnd.cfg.pseudo_mask.workers)
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
         jobs = [(dataset.image_path(i), paths.cam_map(i), label_path(paths.pseudo_mask, i)) for i in todo]
         run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(rnd,))
     elif todo:
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
         _walk_on_device(rnd, dataset, todo, device)
-    eval_set, ids = finish_and_find_scored(rnd.data, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
+    eval_set, ids = finish_and_find_scored(rnd.cfg.data, paths.pseudo_mask, len(dataset), "pseudo-masks", log)
     if not ids:
         return {}
     scores = score_predictions(eval_set, ids, lambda i: read_label(label_path(paths.pseudo_mask, i)),
@@ -123,7 +123,7 @@ def make_pseudo_masks(rnd: RoundContext, log: Callable[[str], None] = print) -> 
     scores["images"] = len(ids)
     if is_main():
         update_metrics(paths.metrics, "pseudo_mask", scores)
-    log(format_table(scores, f"pseudo-masks vs ground truth [{rnd.data.eval_split}, {len(ids)} images]"))
+    log(format_table(scores, f"pseudo-masks vs ground truth [{rnd.cfg.data.eval_split}, {len(ids)} images]"))
     return scores
 
 

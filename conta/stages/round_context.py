@@ -3,17 +3,17 @@ paths of all its artifacts.
 
 `conta run` and every single-stage command build one `RoundContext` per round and hand it to the
 stages, so that a stage neither re-derives the seed or the paths nor looks into the sections of
-other stages: it reads the shared `run` and `data` sections, its own, and the inputs its caller
-passes explicitly (e.g. the CAM stage gets where the intervention enters, not `conta`).
+other stages: it reads the shared `run` and `data` sections of `cfg`, its own section, and the
+inputs its caller passes explicitly (e.g. the CAM stage is given where the intervention enters,
+rather than reading `conta.inject_at`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from conta.config import (CamConfig, Config, ContaConfig, DataConfig, IrLabelConfig, IrnConfig, PseudoMaskConfig,
-                          RunConfig, SegConfig)
+from conta.config import Config
 from conta.stages.paths import RoundPaths, round_paths
 
 
@@ -26,10 +26,15 @@ def round_config(cfg: Config, t: int) -> Config:
 
 @dataclass(frozen=True)
 class RoundContext:
-    """Round `t` of the run whose (seed-adjusted) config is `cfg`; build it with `of`."""
+    """Round `t` of the run whose (seed-adjusted) config is `cfg`, and the round's paths; build it
+    with `of`."""
 
     cfg: Config
     t: int
+    paths: RoundPaths = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", round_paths(self.cfg, self.t))
 
     @classmethod
     def of(cls, cfg: Config, t: int) -> RoundContext:
@@ -37,42 +42,6 @@ class RoundContext:
         return cls(round_config(cfg, t), t)
 
     @property
-    def paths(self) -> RoundPaths:
-        return round_paths(self.cfg, self.t)
-
-    @property
     def seed(self) -> int:
         """The seed of this round's training and augmentation (run.seed, + t with conta.vary_seed)."""
         return self.cfg.run.seed
-
-    @property
-    def run(self) -> RunConfig:
-        return self.cfg.run
-
-    @property
-    def data(self) -> DataConfig:
-        return self.cfg.data
-
-    @property
-    def cam(self) -> CamConfig:
-        return self.cfg.cam
-
-    @property
-    def ir_label(self) -> IrLabelConfig:
-        return self.cfg.ir_label
-
-    @property
-    def irn(self) -> IrnConfig:
-        return self.cfg.irn
-
-    @property
-    def pseudo_mask(self) -> PseudoMaskConfig:
-        return self.cfg.pseudo_mask
-
-    @property
-    def seg(self) -> SegConfig:
-        return self.cfg.seg
-
-    @property
-    def conta(self) -> ContaConfig:
-        return self.cfg.conta

@@ -53,14 +53,14 @@ def context_for_round(rnd: RoundContext) -> Intervention | None:
     "conta") or as M itself (the "mask" control)."""
     from conta.stages.cam import Intervention
 
-    if rnd.t == 0 or rnd.conta.mode == "baseline":
+    if rnd.t == 0 or rnd.cfg.conta.mode == "baseline":
         return None
     confounders = ConfounderSet(round_paths(rnd.cfg, rnd.t - 1).confounder)
-    if rnd.conta.mode == "mask":
-        return Intervention(confounders.mask_input, rnd.conta.inject_at)
+    if rnd.cfg.conta.mode == "mask":
+        return Intervention(confounders.mask_input, rnd.cfg.conta.inject_at)
     module = ConfounderAttention(torch.from_numpy(confounders.confounders), torch.from_numpy(confounders.prior),
-                                 unit_prior=rnd.conta.unit_prior)
-    return Intervention(confounders.mask_input, rnd.conta.inject_at, module)
+                                 unit_prior=rnd.cfg.conta.unit_prior)
+    return Intervention(confounders.mask_input, rnd.cfg.conta.inject_at, module)
 
 
 def run_round(cfg: Config, t: int, log: Callable[[str], None] = print) -> None:

@@ -107,7 +107,7 @@ def augment(image: np.ndarray, label: np.ndarray, seg: SegConfig,
 
 def label_dir_for(rnd: RoundContext, dataset: VOCLayoutDataset) -> Path:
     """seg.label_source: the round's pseudo-masks, or the dataset's ground truth (read only)."""
-    return dataset.mask_dir if rnd.seg.label_source == "gt" else rnd.paths.pseudo_mask
+    return dataset.mask_dir if rnd.cfg.seg.label_source == "gt" else rnd.paths.pseudo_mask
 
 
 # -- loss and initialisation -----------------------------------------------------------------
@@ -188,22 +188,22 @@ def train(rnd: RoundContext, label_dir: Path | None = None, log: Log = print) ->
     from conta.engine.tensorboard import TensorBoard  # here: inference and CRF workers need no TensorBoard
 
     log = main_only(log)
-    seg, paths, t = rnd.seg, rnd.paths, rnd.t
+    seg, paths, t = rnd.cfg.seg, rnd.paths, rnd.t
     model_path = paths.seg_model
     if model_path.is_file():
         log(f"seg train: {model_path} exists; skipping")
         return model_path
-    ensure_dataset(rnd.data, log=log)
-    dataset = build_dataset(rnd.data, rnd.data.train_split)
+    ensure_dataset(rnd.cfg.data, log=log)
+    dataset = build_dataset(rnd.cfg.data, rnd.cfg.data.train_split)
     label_dir = Path(label_dir) if label_dir is not None else label_dir_for(rnd, dataset)
     ids = [i for i in dataset.ids if label_path(label_dir, i).is_file()]
     if not ids:
-        raise ContaError(f"seg train: no labels for split {rnd.data.train_split} in {label_dir} "
+        raise ContaError(f"seg train: no labels for split {rnd.cfg.data.train_split} in {label_dir} "
                          f"(seg.label_source={seg.label_source}; run the pseudo-mask stage first or use gt)")
-    log(f"seg train: round {t}, {len(ids)} of {len(dataset)} {rnd.data.train_split} images, labels from {label_dir}")
+    log(f"seg train: round {t}, {len(ids)} of {len(dataset)} {rnd.cfg.data.train_split} images, labels from {label_dir}")
 
-    device = resolve_device(rnd.run.device)
-    seed_everything(rnd.seed, rnd.run.deterministic)
+    device = resolve_device(rnd.cfg.run.device)
+    seed_everything(rnd.seed, rnd.cfg.run.deterministic)
     per_iteration = seg.batch_size * seg.iter_size
     stream = SegTrainStream(dataset, ids, label_dir, seg, rnd.seed)
     source_meta = pretrained_meta(seg.pretrained)
@@ -217,7 +217,7 @@ def train(rnd: RoundContext, label_dir: Path | None = None, log: Log = print) ->
         log(f"seg train: {init_weights(model, seg, source_meta, first_crops, log)}")
     micro, steps = micro_batches(local_batch(per_iteration, "seg.batch_size x seg.iter_size"), seg.batch_size)
     synced = synchronise_bn(model, meta, seg, micro, device)
-    precision = Precision.from_run(rnd.run, device)
+    precision = Precision.from_run(rnd.cfg.run, device)
     model.to(device).train()
     optimizer, schedule = build_optimizer(model, seg)
     if world_size() > 1:
@@ -246,7 +246,7 @@ def train(rnd: RoundContext, label_dir: Path | None = None, log: Log = print) ->
         # its own generator: the loader's base seed is then drawn from (run.seed) rather than from the
         # global RNG, whose state the checkpoints save, so a resumed run saves the same state as an
         # uninterrupted one
-        return iter(DataLoader(stream, batch_size=micro, num_workers=loader_workers(rnd.data.num_workers, device),
+        return iter(DataLoader(stream, batch_size=micro, num_workers=loader_workers(rnd.cfg.data.num_workers, device),
                                sampler=sampler, pin_memory=device.type == "cuda",
                                generator=torch.Generator().manual_seed(rnd.seed)))
 
@@ -363,11 +363,11 @@ class ModelOutputs:
 
     def load(self) -> Segmenter:
         if self._loaded is None:
-            model, meta = load_seg_model(self.path, resolve_device(self.rnd.run.device))
+            model, meta = load_seg_model(self.path, resolve_device(self.rnd.cfg.run.device))
             if meta["n_classes"] != self.dataset.n_classes + 1:
                 raise ContaError(f"{self.path}: a model of {meta['n_classes']} classes cannot label a dataset "
                                  f"of {self.dataset.n_classes + 1} (background included)")
-            note = architecture_note(self.path, meta, self.rnd.seg)
+            note = architecture_note(self.path, meta, self.rnd.cfg.seg)
             if note:
                 self.log(f"seg: {note}")
             self._loaded = model, meta
@@ -381,8 +381,8 @@ def write_predictions(rnd: RoundContext, dataset: VOCLayoutDataset, ids: list[st
     Images are decoded in data.num_workers DataLoader workers; upsampling, argmax and writing run
     on the background writer thread, so the device only runs the network.
     """
-    device = resolve_device(rnd.run.device)
-    precision = Precision.from_run(rnd.run, device)
+    device = resolve_device(rnd.cfg.run.device)
+    precision = Precision.from_run(rnd.cfg.run, device)
     model, meta = segmenter
     precision.model(model)
 
@@ -398,7 +398,7 @@ def write_predictions(rnd: RoundContext, dataset: VOCLayoutDataset, ids: list[st
 
         return write
 
-    run_inference(ids, dataset.image, infer_one, loader_workers(rnd.data.num_workers, device), desc, device)
+    run_inference(ids, dataset.image, infer_one, loader_workers(rnd.cfg.data.num_workers, device), desc, device)
 
 
 def test(rnd: RoundContext, split: str, model_path: Path | None = None, keep_logits: bool = False,
@@ -412,8 +412,8 @@ def test(rnd: RoundContext, split: str, model_path: Path | None = None, keep_log
     """
     log = main_only(log)
     paths = rnd.paths
-    ensure_dataset(rnd.data, log=log)
-    dataset = build_dataset(rnd.data, split)
+    ensure_dataset(rnd.cfg.data, log=log)
+    dataset = build_dataset(rnd.cfg.data, split)
     outputs = ModelOutputs(rnd, model_path, dataset, log)
     pred_dir, logit_dir = paths.seg_pred(split), paths.seg_logits(split)
     outputs.claim(pred_dir, *([logit_dir] if keep_logits else []))
@@ -437,8 +437,8 @@ def crf(rnd: RoundContext, split: str, model_path: Path | None = None, workers: 
         raise ContaError('seg crf needs pydensecrf2: pip install "conta[crf]" (or run without it: seg.crf.enabled=false)')
     log = main_only(log)
     paths = rnd.paths
-    ensure_dataset(rnd.data, log=log)
-    dataset = build_dataset(rnd.data, split)
+    ensure_dataset(rnd.cfg.data, log=log)
+    dataset = build_dataset(rnd.cfg.data, split)
     outputs = ModelOutputs(rnd, model_path, dataset, log)
     logit_dir, out_dir = paths.seg_logits(split), paths.seg_pred(f"{split}_crf")
     outputs.claim(logit_dir, paths.seg_pred(split), out_dir)
@@ -446,7 +446,7 @@ def crf(rnd: RoundContext, split: str, model_path: Path | None = None, workers: 
     if missing:
         write_predictions(rnd, dataset, missing, outputs.load(), paths.seg_pred(split), logit_dir,
                           f"seg logits {split}")
-    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", label_path(out_dir, i), rnd.seg.crf)
+    jobs = [(dataset.image_path(i), logit_dir / f"{i}.npz", label_path(out_dir, i), rnd.cfg.seg.crf)
             for i in pending(dataset.ids, lambda i: label_path(out_dir, i).is_file())]
     run_parallel(_crf_job, jobs, cpu_workers(workers), f"seg crf {split}")
     barrier()
