@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from conta.artifacts.cam_map import CamRecord, read_cam_map, write_cam_map
+from conta.artifacts.label_png import label_path, write_label
 from conta.config import load_config
 from conta.data.build import build_dataset
-from conta.data.palette import voc_palette
 from conta.engine.device import resolve_device
 from conta.eval.metrics import DEEPLAB, IRNET, ConfusionMatrix
-from conta.io import save_label_png, save_npz
 from conta.ops.crf import crf_refine_probs
 from conta.seg_predictor import load_seg_model, logits_to_probs, predict_logits
-from conta.artifacts.cam_map import CamRecord, read_cam_map
 from conta.stages.ir_label import score_seeds, seed_label, threshold_argmax
 from conta.stages.paths import round_paths
 
@@ -50,10 +49,10 @@ def high_res_effect(cfg, t: int, scratch: Path) -> None:
     sizes = {"direct": 0, "upsampled": 0}
     for image_id in data.ids:
         image, gt = data.image(image_id), data.mask(image_id)
-        path = round_paths(cfg, t).cam_maps / f"{image_id}.npz"
+        path = round_paths(cfg, t).cam_map(image_id)
         record = read_cam_map(path, gt.shape)
         sizes["direct"] += path.stat().st_size
-        save_npz(scratch / "strided.npz", keys=record.keys, cam=record.cam.astype(np.float16))
+        write_cam_map(scratch / "strided.npz", CamRecord(record.keys, record.cam))
         sizes["upsampled"] += (scratch / "strided.npz").stat().st_size
         if record.high_res is None:
             raise SystemExit(f"{image_id}: no stored high_res; make the CAMs with cam.high_res=direct")
@@ -64,7 +63,7 @@ def high_res_effect(cfg, t: int, scratch: Path) -> None:
             labels[kind].append(label)
             seed = seed_label(image, cams, record.label_values, cfg.ir_label)
             seeds[kind].append(seed)
-            save_label_png(scratch / kind / f"{image_id}.png", seed, voc_palette())
+            write_label(label_path(scratch / kind, image_id), seed)
     print(f"cam.high_res on {cfg.data.eval_split} ({len(data)} images of {gt.shape[0]} x {gt.shape[1]} and the like):")
     print(f"  CAM labels at {cfg.cam.eval_threshold:g} agree on {100 * agreement(labels['direct'], labels['upsampled']):.2f} % "
           f"of pixels; seeds on {100 * agreement(seeds['direct'], seeds['upsampled']):.2f} %; CAM files "
