@@ -28,8 +28,9 @@ def run_parallel(fn: Callable[[Job], Result], jobs: list[Job], workers: int, des
     """`fn(job)` for every job: here for one worker, else in a pool of single-threaded processes;
     returns the results in the order of `jobs`.
 
-    `setup(*setup_args)` runs once per process before its jobs (in this process for one worker):
-    the place to load what all jobs share, e.g. a model. `fn`, `setup` and the jobs must be
+    `setup(*setup_args)` runs once per process before its jobs: the place to load what all jobs
+    share, e.g. a model. It runs in this process first, so that a bad input (a corrupt model file)
+    fails here with its own one-line error instead of as a traceback in every worker and a broken pool. `fn`, `setup` and the jobs must be
     picklable (top-level functions, plain data). The first failing job's error is raised and the
     queued jobs are dropped.
 
@@ -39,9 +40,9 @@ def run_parallel(fn: Callable[[Job], Result], jobs: list[Job], workers: int, des
     """
     if not jobs:
         return []
+    if setup is not None:
+        setup(*setup_args)
     if workers <= 1 or len(jobs) == 1:
-        if setup is not None:
-            setup(*setup_args)
         return [fn(job) for job in progress(jobs, desc=desc)]
     method = "spawn" if uses_torch or not sys.platform.startswith("linux") else "fork"
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context(method),
