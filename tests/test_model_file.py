@@ -54,10 +54,11 @@ def _save_irn(cfg: Config, meta: dict) -> tuple[Path, dict]:
 
 def test_the_irn_is_rebuilt_from_its_meta_not_the_config(tmp_path: Path) -> None:
     trained = _config(tmp_path, "irn.backbone.strides=[2,2,1,1]", "irn.displacement=false")
-    _, weights = _save_irn(trained, irn.irn_meta(trained.irn))
-    other = _config(tmp_path, "irn.backbone.arch=resnet34", "irn.backbone.width=8", "irn.displacement=true")
-    model = irn.load_irn(round_paths(other, 0), torch.device("cpu"))
-    assert model.displacement_head is None and model.backbone.layer3[0].conv1.stride == (1, 1)
+    _, weights = _save_irn(trained, {**irn.irn_meta(trained.irn), "crop_size": 48})
+    other = _config(tmp_path, "irn.backbone.arch=resnet34", "irn.backbone.width=8", "irn.displacement=true",
+                    "irn.crop_size=96")
+    model, crop_size = irn.load_irn(RoundContext.of(other, 0), torch.device("cpu"))
+    assert crop_size == 48 and model.displacement_head is None and model.backbone.layer3[0].conv1.stride == (1, 1)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
@@ -68,12 +69,12 @@ def test_an_irn_of_the_previous_layout_says_how_to_convert_it_and_converts(tmp_p
     path, weights = _save_irn(cfg, {**old_meta, **irn.irn_meta(cfg.irn)})
     save_torch(path, {"model": weights, "meta": old_meta})  # what the previous layout wrote
     with pytest.raises(DataError, match=r"model\.pt: an IRN model file of the previous layout .* `conta irn upgrade"):
-        irn.load_irn(round_paths(cfg, 0), torch.device("cpu"))
+        irn.load_irn(RoundContext.of(cfg, 0), torch.device("cpu"))
     with pytest.raises(ConfigError, match="trained with resnet18 width 4"):
         irn.upgrade_irn(RoundContext.of(_config(tmp_path, "irn.backbone.width=8"), 0), log=lambda _: None)
     irn.upgrade_irn(RoundContext.of(cfg, 0), log=lambda _: None)
-    model = irn.load_irn(round_paths(cfg, 0), torch.device("cpu"))
-    assert model.backbone.layer3[0].conv1.stride == (1, 1)
+    model, crop_size = irn.load_irn(RoundContext.of(cfg, 0), torch.device("cpu"))
+    assert crop_size == cfg.irn.crop_size and model.backbone.layer3[0].conv1.stride == (1, 1)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert read_meta(path)["radius"] == 5
     with pytest.raises(DataError, match="nothing to upgrade"):

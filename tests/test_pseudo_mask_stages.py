@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conta.artifacts.cam_map import CamRecord, read_cam_map
+from conta.artifacts.model_file import read_meta
 from conta.cli import main
 from conta.config import Config, IrLabelConfig, PseudoMaskConfig, load_config
 from conta.data.build import build_dataset
@@ -209,7 +210,7 @@ def test_stages_2_to_4_write_score_and_resume(tiny_voc, tmp_path: Path, capsys) 
         mask = load_label_png(paths.pseudo_mask / f"{image_id}.png")
         assert seed.shape == mask.shape == tiny_voc.masks[image_id].shape
         assert 255 not in mask and mask.max() <= 3
-    assert (paths.irn / "model.pt").is_file()
+    assert read_meta(paths.irn_model)["crop_size"] == 32  # inference pads to the crop the IRN was trained on
     metrics = json.loads(paths.metrics.read_text())
     assert metrics["ir_label"]["images"] == metrics["pseudo_mask"]["images"] == 2  # val = the last two
     numbers = [metrics["ir_label"][k] for k in ("precision", "recall", "coverage", "ignored_fraction")]
@@ -245,3 +246,17 @@ def test_missing_crf_backend_names_the_switch(tiny_voc, tmp_path: Path, monkeypa
 def test_cli_steps_are_checked(capsys) -> None:
     assert main(["pseudo-mask", "--steps", "ir_label,walk"]) == 2
     assert "unknown step 'walk'" in capsys.readouterr().err
+
+
+def test_a_bad_irn_file_fails_in_one_line_before_the_pool_starts(tiny_voc, tmp_path: Path, capsys) -> None:
+    extra = ("pseudo_mask.workers=2",)
+    cfg = _config(tiny_voc.root, tmp_path, *extra)
+    _write_cams(cfg, tiny_voc)
+    paths = round_paths(cfg, 0)
+    paths.irn_model.parent.mkdir(parents=True)
+    paths.irn_model.write_bytes(b"not a torch file")
+    args = ["pseudo-mask", "--steps", "pseudo_mask", "--run-dir", str(cfg.run_dir), *_overrides(tiny_voc.root, *extra)]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert str(paths.irn_model) in err and len(err.splitlines()) == 1, err
+    assert not list(paths.pseudo_mask.glob("*.png"))

@@ -10,6 +10,7 @@ grid. A finished `irn/model.pt` means the stage is done; an interrupted run resu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from conta.models.irn import IRN, PAD_MULTIPLE, infer_boundary_displacement, irn
 from conta.ops.path_index import PathIndex
 from conta.progress import progress
 from conta.stages.calibration import calibrate_random_bns
-from conta.stages.paths import RoundPaths, read_metrics, update_metrics
+from conta.stages.paths import read_metrics, update_metrics
 from conta.stages.round_context import RoundContext
 from conta.weights.backbone import load_backbone_weights
 
@@ -94,13 +95,24 @@ def build_irn(meta: dict, pretrained: str | None = None, log: Callable[[str], No
     return IRN(net, displacement=meta["displacement"])
 
 
-def load_irn(paths: RoundPaths, device: torch.device) -> IRN:
-    """The round's trained IRN, rebuilt from its model.pt alone and loaded strictly, in eval mode on `device`."""
-    path = paths.irn_model
+class TrainedIRN(NamedTuple):
+    """A trained IRN in eval mode and the crop size it was trained on, to which inference pads."""
+
+    model: IRN
+    crop_size: int
+
+
+def load_irn(rnd: RoundContext, device: torch.device) -> TrainedIRN:
+    """Round t's trained IRN, rebuilt from its model.pt alone and loaded strictly, on `device`.
+
+    Files written before the training crop was recorded take it from `irn.crop_size`.
+    """
+    path = rnd.paths.irn_model
     if not path.is_file():
         raise ContaError(f"{path}: no trained IRN; run `conta irn train` first")
     weights, meta = read_model_file(path, (IRN_KIND,), "a conta IRN (a model.pt of `conta irn train`)")
-    return load_weights(build_irn(meta), weights, path).to(device).eval()
+    model = load_weights(build_irn(meta), weights, path).to(device).eval()
+    return TrainedIRN(model, int(meta.get("crop_size", rnd.cfg.irn.crop_size)))
 
 
 def upgrade_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
@@ -114,7 +126,7 @@ def upgrade_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> Path:
         raise DataError(path, "not an IRN model file of the previous layout; nothing to upgrade")
     state = load_checkpoint(path)
     meta = state["meta"]
-    new = {**meta, **irn_meta(rnd.cfg.irn), "displacement": meta["displacement"]}
+    new = {**meta, **irn_meta(rnd.cfg.irn), "displacement": meta["displacement"], "crop_size": rnd.cfg.irn.crop_size}
     if (new["arch"], new["width"]) != (meta["arch"], meta["width"]):
         raise ConfigError(f"irn.backbone: the file was trained with {meta['arch']} width {meta['width']}, "
                           f"the config has {new['arch']} width {new['width']}; give the config it was trained with")
@@ -201,7 +213,7 @@ def train_irn(rnd: RoundContext, log: Callable[[str], None] = print) -> list[dic
         model.displacement_mean.copy_(displacement_mean(model, dataset, ids, device, irn.crop_size))
     if is_main():
         save_model_file(model_path, model.state_dict(), {
-            **meta, "radius": irn.radius, "images": len(ids), "steps": max_step,
+            **meta, "radius": irn.radius, "crop_size": irn.crop_size, "images": len(ids), "steps": max_step,
             "displacement_mean": model.displacement_mean.tolist(),
         })
         checkpoint.unlink(missing_ok=True)  # model.pt now marks the stage done; the resume state is spent

@@ -111,6 +111,8 @@ def write_run_config(cfg: Config) -> Path:
 
 
 def round_paths(cfg: Config, t: int) -> RoundPaths:
+    """Round t's paths in the run of `cfg`. Stages get theirs from their RoundContext; readers of a
+    finished run (the report, the study) call this directly."""
     return RoundPaths(cfg.run_dir / f"round_{t}")
 
 

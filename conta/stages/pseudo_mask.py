@@ -60,8 +60,8 @@ _walker: dict = {}  # what every job of this process shares: set once by _start_
 
 def _start_walker(rnd: RoundContext) -> None:
     device = resolve_device(rnd.cfg.run.device)
-    _walker.update(model=load_irn(rnd.paths, device), cfg=rnd.cfg.pseudo_mask, device=device,
-                   crop_size=rnd.cfg.irn.crop_size)
+    irn = load_irn(rnd, device)
+    _walker.update(model=irn.model, cfg=rnd.cfg.pseudo_mask, device=device, crop_size=irn.crop_size)
 
 
 def _walk_inputs(image_path: Path, cam_path: Path) -> tuple[np.ndarray, CamRecord]:
@@ -83,10 +83,10 @@ def _load_for_walk(dataset: VOCLayoutDataset, cam_dir: Path, image_id: str) -> t
 def _walk_on_device(rnd: RoundContext, dataset: VOCLayoutDataset, todo: list[str], device: torch.device) -> None:
     """The accelerator path: inputs read in data.num_workers DataLoader workers, PNGs written in the background."""
     paths = rnd.paths
-    model = load_irn(paths, device)
+    irn = load_irn(rnd, device)
 
     def walk(image_id: str, inputs: tuple[np.ndarray, CamRecord]) -> WriteJob:
-        label = pseudo_mask(model, *inputs, rnd.cfg.pseudo_mask, device, rnd.cfg.irn.crop_size)
+        label = pseudo_mask(irn.model, *inputs, rnd.cfg.pseudo_mask, device, irn.crop_size)
         return partial(write_label, label_path(paths.pseudo_mask, image_id), label)
 
     run_inference(todo, partial(_load_for_walk, dataset, paths.cam_maps), walk,
