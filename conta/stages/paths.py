@@ -16,7 +16,6 @@ and who reads each).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,81 +25,47 @@ from conta.config import Config, dump_yaml
 from conta.io import load_json, save_json, save_text
 
 
-@dataclass(frozen=True)
 class RoundPaths:
-    root: Path
+    """Every artifact path of one round, under its folder `root` (the layout above)."""
 
-    @property
-    def cam(self) -> Path:
-        return self.root / "cam"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cam = root / "cam"
+        self.cam_checkpoint = self.cam / "checkpoint.pt"
+        self.cam_model = self.cam / "model.pt"
+        self.cam_maps = self.cam / "maps"
+        self.ir_label = root / "ir_label"
+        self.irn = root / "irn"
+        self.irn_checkpoint = self.irn / "checkpoint.pt"
+        self.irn_model = self.irn / "model.pt"
+        self.pseudo_mask = root / "pseudo_mask"
+        self.seg = root / "seg"
+        self.seg_checkpoint = self.seg / "checkpoint.pt"
+        self.seg_model = self.seg / "model.pt"
+        self.seg_tb = self.seg / "tb"
+        self.confounder = root / "confounder.npz"
+        self.metrics = root / "metrics.json"
 
-    @property
-    def cam_checkpoint(self) -> Path:
-        return self.cam / "checkpoint.pt"
+    def __repr__(self) -> str:
+        return f"RoundPaths({self.root})"
 
-    @property
-    def cam_model(self) -> Path:
-        return self.cam / "model.pt"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoundPaths) and other.root == self.root
 
-    @property
-    def cam_maps(self) -> Path:
-        return self.cam / "maps"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
     def cam_map(self, image_id: str) -> Path:
         return cam_map_path(self.cam_maps, image_id)
 
-    @property
-    def ir_label(self) -> Path:
-        return self.root / "ir_label"
-
     def seed_label(self, image_id: str) -> Path:
         return label_path(self.ir_label, image_id)
-
-    @property
-    def irn(self) -> Path:
-        return self.root / "irn"
-
-    @property
-    def irn_checkpoint(self) -> Path:
-        return self.irn / "checkpoint.pt"
-
-    @property
-    def irn_model(self) -> Path:
-        return self.irn / "model.pt"
-
-    @property
-    def pseudo_mask(self) -> Path:
-        return self.root / "pseudo_mask"
-
-    @property
-    def seg(self) -> Path:
-        return self.root / "seg"
-
-    @property
-    def seg_checkpoint(self) -> Path:
-        return self.seg / "checkpoint.pt"
-
-    @property
-    def seg_model(self) -> Path:
-        return self.seg / "model.pt"
-
-    @property
-    def seg_tb(self) -> Path:
-        return self.seg / "tb"
 
     def seg_pred(self, split: str) -> Path:
         return self.seg / "pred" / split
 
     def seg_logits(self, split: str) -> Path:
         return self.seg / "logits" / split
-
-    @property
-    def confounder(self) -> Path:
-        return self.root / "confounder.npz"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
 
 
 def write_run_config(cfg: Config) -> Path:
