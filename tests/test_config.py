@@ -136,6 +136,7 @@ def test_replace_applies_overrides_and_revalidates() -> None:
         ("seg:\n  crf:\n    gt_prob: 1.0\n", "seg.crf.gt_prob"),
         ("run:\n  name: a/b\n", "run.name"),
         ("run:\n  amp: fp8\n", "run.amp"),                      # not one of the Literal choices
+        ("pseudo_mask:\n  walk: lanczos\n", "pseudo_mask.walk"),
         ("data:\n  synth:\n    pairs:\n      - {classes: [dog]}\n", "data.synth.pairs[0].classes"),
     ],
 )

@@ -49,7 +49,8 @@ def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMas
     if len(record.keys) == 0:
         return np.zeros(size, np.uint8)
     boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size, displacement=False)
-    walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times)
+    walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times,
+                       walk=cfg.walk)
     scores = upsample_cam(walked, size)
     scores = (scores / scores.max().clamp_min(1e-5)).cpu().numpy()
     return record.label_values[threshold_argmax(scores, cfg.bg_threshold)]
