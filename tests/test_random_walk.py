@@ -67,11 +67,12 @@ def test_matches_dense_few_steps(size: tuple[int, int], exp_times: int, batched:
 
 
 @SCHEDULES
+@pytest.mark.parametrize("walk", ["chebyshev", "power"])
 @pytest.mark.parametrize("radius,beta", [(5, 10.0), (3, 2.5)])
-def test_matches_dense_default_steps(radius: int, beta: float, batched: bool) -> None:
+def test_matches_dense_default_steps(radius: int, beta: float, walk: str, batched: bool) -> None:
     """256 float32 steps: rounding accumulates to ~4e-5 of the maximum here (2e-4 at 125 x 94)."""
     cams, boundary = _inputs(2, 12, 10, seed=7)
-    ours = propagate(cams, boundary, radius=radius, beta=beta, batched=batched)
+    ours = propagate(cams, boundary, radius=radius, beta=beta, batched=batched, walk=walk)
     assert ours.dtype == torch.float32
     ref = propagate_dense(cams.double().numpy(), boundary.double().numpy(), radius, beta, 8)
     _assert_close_to_max(ours, ref, 1e-4)
@@ -150,7 +151,7 @@ def test_chebyshev_truncation_drops_at_most_the_tail() -> None:
 def test_chebyshev_few_steps_is_the_power_walk(exp_times: int, batched: bool) -> None:
     """Up to 4 steps nothing is truncated: the expansion is the power exactly (float64)."""
     cams, boundary = _inputs(3, 7, 9, seed=exp_times)
-    power = propagate(cams.double(), boundary.double(), exp_times=exp_times, batched=batched)
+    power = propagate(cams.double(), boundary.double(), exp_times=exp_times, batched=batched, walk="power")
     ours = propagate(cams.double(), boundary.double(), exp_times=exp_times, batched=batched, walk="chebyshev")
     np.testing.assert_allclose(ours.numpy(), power.numpy(), rtol=1e-12, atol=1e-14)
 
@@ -163,7 +164,7 @@ def test_chebyshev_matches_the_float64_power_walk(size: tuple[int, int], beta: f
     walk's 1.4-2.9e-4 on the same inputs)."""
     cams, boundary = _inputs(3, *size, seed=seed)
     boundary = boundary ** (4 / 3)                          # mostly low, a few strong edges
-    ref = propagate(cams.double(), boundary.double(), beta=beta, batched=batched).numpy()
+    ref = propagate(cams.double(), boundary.double(), beta=beta, batched=batched, walk="power").numpy()
     _assert_close_to_max(propagate(cams.double(), boundary.double(), beta=beta, batched=batched, walk="chebyshev"),
                          ref, 5 * CHEBYSHEV_TAIL)
     ours = propagate(cams, boundary, beta=beta, batched=batched, walk="chebyshev")

@@ -22,8 +22,8 @@ one sum, instead of 69 launches.
 `walk="chebyshev"` (pseudo_mask.walk) computes the same S^(2^exp_times) z as a Chebyshev
 expansion truncated where the dropped coefficients sum below 1e-6: 78 stencil applications for
 256 steps, 2x faster at 125x94 and closer to a float64 walk than the float32 steps (their
-rounding, not the truncation, dominates); it is not the default because it moves labels at
-near-ties (docs/benchmarks.md).
+rounding, not the truncation, dominates). It is the default; `walk="power"` applies the steps
+one by one, and the two disagree only at near-ties (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -202,16 +202,15 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 @torch.no_grad()
 def propagate(cams: Tensor, boundary: Tensor, radius: int = 5, beta: float = 10.0, exp_times: int = 8,
-              batched: bool | None = None, walk: str = "power") -> Tensor:
+              batched: bool | None = None, walk: str = "chebyshev") -> Tensor:
     """Propagate stride-4 CAMs (K, h, w) along affinities from a boundary map (h, w) in [0, 1].
 
     Equals IRNet's (cams * (1 - boundary)) · T^(2^exp_times) with T the column-normalised
     A^beta, A the symmetric path affinities (radius `radius`) with ones on the diagonal.
     Returns (K, h, w) on the CAMs' device, float32 (float64 for float64 CAMs; stored float16
     CAMs come back float32). `batched` picks the step schedule (default: taps on the CPU,
-    batched elsewhere). `walk` is "power" (the steps one by one, the reference's arithmetic) or
-    "chebyshev" (a truncated Chebyshev expansion of the same power, 3.3x fewer stencil
-    applications at 2^8 steps). On CPU it runs on one thread: parallelise over images instead.
+    batched elsewhere). `walk` is "chebyshev" (a truncated Chebyshev expansion of the power, 3.3x
+    fewer stencil applications at 2^8 steps) or "power" (the steps one by one). On CPU it runs on one thread: parallelise over images instead.
     """
     if cams.dim() != 3 or boundary.dim() != 2 or cams.shape[1:] != boundary.shape:
         raise ValueError(f"need cams (K, h, w) and boundary (h, w); got {tuple(cams.shape)} and {tuple(boundary.shape)}")
