@@ -137,6 +137,7 @@ def test_replace_applies_overrides_and_revalidates() -> None:
         ("run:\n  name: a/b\n", "run.name"),
         ("run:\n  amp: fp8\n", "run.amp"),                      # not one of the Literal choices
         ("pseudo_mask:\n  walk: lanczos\n", "pseudo_mask.walk"),
+        ("pseudo_mask:\n  irn_amp: fp16\n", "pseudo_mask.irn_amp"),
         ("data:\n  synth:\n    pairs:\n      - {classes: [dog]}\n", "data.synth.pairs[0].classes"),
     ],
 )

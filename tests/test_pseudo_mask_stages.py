@@ -19,6 +19,8 @@ from conta.data.build import build_dataset
 from conta.errors import ContaError, DataError
 from conta.io import load_label_png, save_npz
 from conta.ops.crf import crf_available
+from conta.models.resnet import resnet
+from conta.models.irn import IRN
 from conta.stages import pseudo_mask as pm
 from conta.stages.ir_label import seed_label
 from conta.stages.irn import IrnTrainDataset, train_irn
@@ -194,6 +196,31 @@ def test_pseudo_mask_is_scale_free(monkeypatch) -> None:
     cam = np.random.default_rng(0).random((1, 6, 6)).astype(np.float32)
     boundary = torch.zeros(6, 6)
     np.testing.assert_array_equal(_walk_mask(boundary, cam, monkeypatch), _walk_mask(boundary, 0.01 * cam, monkeypatch))
+
+
+def test_bf16_boundary_pass_is_a_switch_close_to_fp32(monkeypatch) -> None:
+    """pseudo_mask.irn_amp=bf16 runs the IRN under bf16 autocast and walks a float32 boundary
+    within bf16 rounding of the fp32 one; the default stays fp32."""
+    torch.manual_seed(0)
+    model = IRN(resnet("resnet18", width=8), displacement=False).eval()
+    image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    record = CamRecord(keys=np.array([0, 2]), cam=np.random.default_rng(2).random((2, 12, 16)).astype(np.float32))
+    seen = {}
+    real = pm.infer_boundary_displacement
+
+    def spy(*args, **kwargs):
+        boundary, shifts = real(*args, **kwargs)
+        seen.setdefault("dtypes", []).append(boundary.dtype)
+        seen.setdefault("boundaries", []).append(boundary.float())
+        return boundary, shifts
+
+    monkeypatch.setattr(pm, "infer_boundary_displacement", spy)
+    masks = [pm.pseudo_mask(model, image, record, PseudoMaskConfig(radius=3, exp_times=4, irn_amp=amp),
+                            torch.device("cpu"), 32) for amp in ("fp32", "bf16")]
+    assert PseudoMaskConfig().irn_amp == "fp32" and seen["dtypes"] == [torch.float32, torch.bfloat16]
+    fp32, bf16 = seen["boundaries"]
+    assert 0 < (fp32 - bf16).abs().max() < 0.05
+    assert (masks[0] == masks[1]).mean() > 0.95
 
 
 # -- stages 2-4 together ----------------------------------------------------------------------

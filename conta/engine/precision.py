@@ -4,7 +4,8 @@
 bf16 and fp16 autocast halve activation memory and use tensor cores on GPUs; fp16 also needs
 loss scaling (GradScaler) because its small gradients underflow. channels_last (NHWC) lets cuDNN
 pick faster convolution kernels, mostly together with autocast. On the CPU the default stays
-fp32: bf16 autocast works there but is only faster on CPUs with native bf16 units.
+fp32, the references' arithmetic: bf16 autocast is faster there only on CPUs with bf16
+instructions and only for large networks (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def auto_amp(device: torch.device) -> str:
     """run.amp=auto: bf16 on CUDA GPUs with bf16 tensor cores (compute capability 8.0+: A100,
-    H100, RTX 30xx on), fp32 elsewhere; the CPU keeps fp32, where bf16 measured no faster on
-    the development machine and would change the results."""
+    H100, RTX 30xx on), fp32 elsewhere; the CPU keeps fp32: bf16 would change the results, and
+    on the development machine's AVX512-BF16 it is no faster at the demo's sizes (2.4x for a
+    ResNet-50 at 512 px)."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
         return "bf16"
     return "fp32"

@@ -48,7 +48,9 @@ def pseudo_mask(model: IRN, image: np.ndarray, record: CamRecord, cfg: PseudoMas
     size = image.shape[:2]
     if len(record.keys) == 0:
         return np.zeros(size, np.uint8)
-    boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size, displacement=False)
+    with torch.autocast(device.type, torch.bfloat16, enabled=cfg.irn_amp == "bf16"):
+        boundary, _ = infer_boundary_displacement(model, image_tensor(image).to(device), crop_size, displacement=False)
+    boundary = boundary.float()
     walked = propagate(torch.from_numpy(record.cam).to(device), boundary, cfg.radius, cfg.beta, cfg.exp_times,
                        walk=cfg.walk)
     scores = upsample_cam(walked, size)
