@@ -74,6 +74,7 @@ def checks(quick: bool) -> list[Check]:
             Check("IRN training", "run.amp=auto", "train_step.py", ["irn", *demo, "--images", "16", "--steps", "1", "--warmup", "1"], "steps_s", "steps/s", 300),
             Check("random walk", "32 x 24 grid, float32", "random_walk.py", ["--sizes", "32x24", "--skip-dense-above", "0"], "seconds", "s/image", 300),
             Check("pseudo-mask", "128 x 96 image", "pseudo_mask.py", [*small_voc, "--size", "128x96", "--images", "1"], "wall_s", "s/image", 300),
+            Check("pseudo-mask", "128 x 96 image, IRN in bf16", "pseudo_mask.py", [*small_voc, "--size", "128x96", "--images", "1", "pseudo_mask.irn_amp=bf16"], "wall_s", "s/image", 300),
             Check("DeepLab v2 training", "fp32", "seg_train_step.py", [*small_voc, "seg.crop_size=65", "seg.batch_size=2", "--images", "8", "--steps", "1", "--warmup", "1", *FP32], "iterations_s", "it/s", 300),
             Check("DeepLab v2 training", "run.amp=auto", "seg_train_step.py", [*small_voc, "seg.crop_size=65", "seg.batch_size=2", "--images", "8", "--steps", "1", "--warmup", "1"], "iterations_s", "it/s", 300),
         ]
@@ -86,6 +87,7 @@ def checks(quick: bool) -> list[Check]:
         Check("IRN training", "run.amp=auto", "train_step.py", ["irn", *VOC, "--images", "160", "--steps", "10", "--warmup", "2", "data.synth.image_size=512"], "steps_s", "steps/s", 120),
         Check("random walk", "125 x 94 grid, float32", "random_walk.py", ["--sizes", "125x94", "--skip-dense-above", "0", "--repeat", "10"], "seconds", "s/image", 60),
         Check("pseudo-mask", "500 x 375 image", "pseudo_mask.py", [*VOC, "--images", "10"], "wall_s", "s/image", 60),
+        Check("pseudo-mask", "500 x 375 image, `pseudo_mask.irn_amp=bf16`", "pseudo_mask.py", [*VOC, "--images", "10", "pseudo_mask.irn_amp=bf16"], "wall_s", "s/image", 60),
         Check("DeepLab v2 training", "fp32", "seg_train_step.py", [*seg, *FP32], "iterations_s", "it/s", 90),
         Check("DeepLab v2 training", "run.amp=auto", "seg_train_step.py", seg, "iterations_s", "it/s", 90),
     ]
