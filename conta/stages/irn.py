@@ -10,8 +10,8 @@ grid. A finished `irn/model.pt` means the stage is done; an interrupted run resu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -115,6 +115,7 @@ def make_pseudo_masks(rnd: RoundContext, log: Callable[[str], None] = print) -> 
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)}, {workers} workers")
         jobs = [(dataset.image_path(i), paths.cam_map(i), label_path(paths.pseudo_mask, i)) for i in todo]
         run_parallel(_walk_one, jobs, workers, "pseudo-masks", setup=_start_walker, setup_args=(rnd,))
+        _walker.clear()  # the setup also ran here (run_parallel checks it first): free the IRN for the stages after
     elif todo:
         log(f"pseudo-masks: {describe_todo(todo, dataset.ids)} on {device}")
         _walk_on_device(rnd, dataset, todo, device)
